@@ -1,0 +1,79 @@
+# od — thin Make layer over `python -m od.<step>`. Every target creates/refreshes .venv on first use.
+# Variables: DATA= RECORDS= LABEL_MAP= CONFIG= MODEL_DIR= STEPS= NAME= OUT= ARGS= (extra CLI flags)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.od-installed
+
+DATA ?= annotations/demo
+RECORDS ?= data/records
+LABEL_MAP ?= label_maps/label_map.pbtxt
+CONFIG ?= faster_rcnn_resnet18_fpn_cpu
+MODEL_DIR ?= runs/$(CONFIG)
+NAME ?= $(notdir $(MODEL_DIR))
+EXPORT_DIR ?= exported/$(NAME)
+STEPS ?=
+OUT ?=
+ARGS ?=
+
+steps_flag = $(if $(STEPS),--steps $(STEPS),)
+out_flag = $(if $(OUT),--out $(OUT),)
+
+.PHONY: help venv demo demo-data records inspect train eval export detect test test-all bench clean-demo
+
+help:
+	@echo "make demo      demo data -> records -> train (CPU template) -> export -> detect"
+	@echo "make records   DATA=annotations/<set> -> $(RECORDS) + $(LABEL_MAP) + report.json"
+	@echo "make inspect   check records, per-class counts, gallery"
+	@echo "make train     CONFIG=<template> [STEPS=N] -> $(MODEL_DIR)"
+	@echo "make eval      metrics.json + plots in $(MODEL_DIR)/eval"
+	@echo "make export    $(MODEL_DIR) -> $(EXPORT_DIR)"
+	@echo "make detect    IMAGES=... -> detections/"
+	@echo "make test      the default test suite (make test-all adds the slow end-to-end tests)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo-data: $(STAMP)
+	@if [ "$(DATA)" = "annotations/demo" ] && [ ! -d annotations/demo ]; then \
+		echo "od: no $(DATA) yet, generating the demo dataset"; \
+		$(PY) -m od.demo --out annotations/demo; \
+	fi
+
+records: demo-data
+	$(PY) -m od.records $(DATA) --out $(RECORDS) --label-map $(LABEL_MAP) $(ARGS)
+
+inspect: $(STAMP)
+	$(PY) -m od.inspect $(RECORDS)/*.tfrecord --label-map $(LABEL_MAP) --gallery $(RECORDS)/gallery.png $(ARGS)
+
+train: $(STAMP)
+	$(PY) -m od.train --config $(CONFIG) --records $(RECORDS) --label-map $(LABEL_MAP) --model-dir $(MODEL_DIR) $(steps_flag) $(ARGS)
+
+eval: $(STAMP)
+	$(PY) -m od.evaluate --model-dir $(MODEL_DIR) --records $(RECORDS) $(ARGS)
+
+export: $(STAMP)
+	$(PY) -m od.export --model-dir $(MODEL_DIR) --out $(EXPORT_DIR) $(ARGS)
+
+IMAGES ?= $(DATA)
+detect: $(STAMP)
+	$(PY) -m od.detect $(IMAGES) --model $(EXPORT_DIR) $(out_flag) $(ARGS)
+
+demo: $(STAMP)
+	$(PY) -m od.demo_pipeline $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/records_bench.py
+	$(PY) benchmarks/train_bench.py
+	$(PY) benchmarks/detect_bench.py
