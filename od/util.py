@@ -1,0 +1,112 @@
+"""Small pieces every step needs: safe writes, tables, CLI conventions.
+
+Nothing here imports TensorFlow, so every CLI can use it during argument parsing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+# Exit codes shared by every CLI.
+EXIT_OK = 0
+EXIT_FAILURES = 1  # done, but some inputs failed
+EXIT_USAGE = 2
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file beside ``path`` then rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temp dir beside ``target``; on success it replaces ``target``.
+
+    Refuses to replace an existing ``target`` unless ``force`` (nothing the user had is
+    lost without asking). On failure the temp dir is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} already exists; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain aligned text table (first column left, the rest right-aligned)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+
+    lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], file=None) -> None:
+    print(format_table(headers, rows), file=file or sys.stdout)
+
+
+def note_default(what: str, value: object) -> None:
+    """Say which default was used, so nothing happens silently."""
+    print(f"od: using default {what}: {value}", file=sys.stderr)
+
+
+def error(msg: str) -> None:
+    print(f"od: error: {msg}", file=sys.stderr)
+
+
+def warn(msg: str) -> None:
+    print(f"od: warning: {msg}", file=sys.stderr)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``key=value`` pairs (Ultralytics-style) -> dict; raises ValueError naming the bad pair."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"override {p!r} is not key=value")
+        k, v = p.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise ValueError(f"override {p!r} has an empty key")
+        out[k] = v.strip()
+    return out
