@@ -19,7 +19,7 @@ ARGS ?=
 steps_flag = $(if $(STEPS),--steps $(STEPS),)
 out_flag = $(if $(OUT),--out $(OUT),)
 
-.PHONY: help venv demo demo-data records inspect train eval export detect test test-all bench clean-demo
+.PHONY: help venv demo demo-data records inspect train eval export detect test test-slow test-all bench
 
 help:
 	@echo "make demo      demo data -> records -> train (CPU template) -> export -> detect"
@@ -69,6 +69,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
