@@ -1,0 +1,451 @@
+"""``python -m od.inspect RECORDS...`` — read detection TFRecords back and check them.
+
+Works on od's shards and on files written by the old OD API tools. Every record
+is decoded and checked (image decodes and matches the stored size, boxes inside
+[0, 1] and ordered, labels known to the label map and consistent with the class
+texts); each problem names the file and the record index. Prints per-class
+counts, and with ``--gallery`` draws a seeded sample with its ground truth.
+
+Reading streams record by record: memory stays flat whatever the dataset size
+(the gallery keeps only its N sampled examples, by reservoir sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import math
+import os
+import random
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, atomic_write_bytes, error, print_table, warn
+
+RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
+_EPS = 1e-4  # float32 storage of coordinates computed in float64
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    file: str
+    index: int  # 0-based record index in the file; -1 for the file as a whole
+    filename: str  # image/filename when known
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: record {self.index}" if self.index >= 0 else self.file
+        if self.filename:
+            where += f" ({self.filename})"
+        return f"{where}: {self.problem}"
+
+
+@dataclass
+class ClassCount:
+    class_id: int
+    name: str
+    images: int = 0
+    boxes: int = 0
+    difficult: int = 0
+    in_label_map: bool = True
+
+
+@dataclass
+class InspectResult:
+    files: list[str]
+    records_per_file: dict[str, int] = field(default_factory=dict)
+    num_records: int = 0
+    num_boxes: int = 0
+    negatives: int = 0
+    classes: dict[tuple[int, str], ClassCount] = field(default_factory=dict)
+    problems: list[RecordProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    samples: list = field(default_factory=list)  # [(file, index, DecodedExample)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# --- finding files -----------------------------------------------------------
+
+def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Paths, globs and directories -> (sorted unique record files, inputs that matched nothing)."""
+    found: list[str] = []
+    unmatched: list[str] = []
+    for a in args:
+        if glob.has_magic(a):
+            hits = sorted(p for p in glob.glob(a) if os.path.isfile(p))
+        elif os.path.isdir(a):
+            hits = sorted(
+                str(p) for p in Path(a).iterdir()
+                if p.is_file() and (p.suffix in RECORD_SUFFIXES or "-of-" in p.name) and not p.name.startswith(".")
+            )
+        elif os.path.isfile(a):
+            hits = [a]
+        else:
+            hits = []
+        if not hits:
+            unmatched.append(a)
+        found.extend(hits)
+    seen: set[str] = set()
+    unique = [p for p in found if not (p in seen or seen.add(p))]
+    return unique, unmatched
+
+
+# --- checks ------------------------------------------------------------------
+
+def _class_name(class_id: int, text: str, label_map) -> str:
+    if label_map is not None and class_id in label_map.id_to_name:
+        return label_map.id_to_name[class_id]
+    return text or f"id {class_id}"
+
+
+def check_example(ex, label_map=None) -> tuple[list[str], tuple[int, int] | None]:
+    """Problems of one decoded example, and the real image size (None when it does not decode)."""
+    import numpy as np
+    from PIL import Image
+
+    problems: list[str] = []
+    size = None
+    try:
+        with Image.open(io.BytesIO(ex.image_bytes)) as im:
+            im.load()  # full decode: catches truncated data, not just a good header
+            size = im.size
+    except Exception as e:  # Pillow raises many types for bad data
+        problems.append(f"image does not decode: {type(e).__name__}: {e}")
+    if size is not None and ex.width > 0 and ex.height > 0 and size != (ex.width, ex.height):
+        problems.append(
+            f"image is {size[0]}x{size[1]} but the record says image/width={ex.width} image/height={ex.height}"
+        )
+    if ex.width == -1 or ex.height == -1:
+        problems.append("no image/width or image/height")
+
+    b = ex.boxes_yxyx
+    for i in range(ex.num_boxes):
+        ymin, xmin, ymax, xmax = (float(v) for v in b[i])
+        coords = f"(ymin={ymin:.4g}, xmin={xmin:.4g}, ymax={ymax:.4g}, xmax={xmax:.4g})"
+        if not np.all(np.isfinite(b[i])):
+            problems.append(f"box {i} has a non-finite coordinate {coords}")
+            continue
+        if min(ymin, xmin) < -_EPS or max(ymax, xmax) > 1 + _EPS:
+            problems.append(f"box {i} is outside [0, 1] {coords}")
+        if not (xmin < xmax and ymin < ymax):
+            problems.append(f"box {i} is empty or reversed {coords}")
+
+    texts = ex.class_texts
+    for i, cid in enumerate(int(c) for c in ex.class_ids):
+        text = texts[i] if i < len(texts) else ""
+        if cid < 1:
+            problems.append(
+                f"box {i} has class id {cid}" + (" (no image/object/class/label)" if "image/object/class/label" not in ex.keys else "")
+                + "; ids start at 1"
+            )
+        elif label_map is not None:
+            if cid not in label_map.id_to_name:
+                problems.append(f"box {i}: class id {cid}{f' ({text!r})' if text else ''} is not in the label map")
+            elif text and text != label_map.id_to_name[cid]:
+                problems.append(
+                    f"box {i}: class text {text!r} but the label map says id {cid} is {label_map.id_to_name[cid]!r}"
+                )
+    return problems, size
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", "") or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class _Inspector:
+    """Accumulates counts and problems record by record (streaming)."""
+
+    def __init__(self, label_map, num_samples: int, seed: int) -> None:
+        self.label_map = label_map
+        self.num_samples = num_samples
+        self.rng = random.Random(seed)
+        self.decodable = 0
+        self.res: InspectResult | None = None
+        self.text_to_ids: dict[str, dict[int, tuple[str, int]]] = defaultdict(dict)
+        self.id_to_texts: dict[int, dict[str, tuple[str, int]]] = defaultdict(dict)
+        self.source_ids: dict[str, tuple[str, int]] = {}
+        self.non_numeric: Counter[str] = Counter()
+        self.non_numeric_example: dict[str, str] = {}
+        self.duplicate_sources = 0
+
+    def record(self, path: str, n: int, rec: bytes) -> None:
+        from od.tfexample import ExampleError, decode_example
+
+        res = self.res
+        res.num_records += 1
+        try:
+            ex = decode_example(rec)
+        except ExampleError as e:
+            res.problems.append(RecordProblem(path, n, "", f"cannot decode: {e}"))
+            return
+        problems, size = check_example(ex, self.label_map)
+        res.problems.extend(RecordProblem(path, n, ex.filename, p) for p in problems)
+
+        sid = ex.source_id
+        if not sid.isdigit():
+            self.non_numeric[path] += 1
+            self.non_numeric_example.setdefault(path, sid)
+        elif sid in self.source_ids:
+            self.duplicate_sources += 1
+            if self.duplicate_sources <= 3:
+                f0, i0 = self.source_ids[sid]
+                res.warnings.append(
+                    f"{path}: record {n} ({ex.filename}): image/source_id {sid} repeats "
+                    f"{f0}: record {i0} (COCO evaluation would merge the two images)"
+                )
+        else:
+            self.source_ids[sid] = (path, n)
+
+        res.num_boxes += ex.num_boxes
+        if ex.num_boxes == 0:
+            res.negatives += 1
+        in_image: set[tuple[int, str]] = set()
+        for i, cid in enumerate(int(c) for c in ex.class_ids):
+            text = ex.class_texts[i]
+            key = (cid, _class_name(cid, text, self.label_map))
+            cc = res.classes.get(key)
+            if cc is None:
+                known = self.label_map is None or cid in self.label_map.id_to_name
+                cc = res.classes[key] = ClassCount(cid, key[1], in_label_map=known)
+            cc.boxes += 1
+            cc.difficult += int(ex.difficult[i])
+            in_image.add(key)
+            if text:
+                self.text_to_ids[text].setdefault(cid, (path, n))
+                self.id_to_texts[cid].setdefault(text, (path, n))
+        for key in in_image:
+            res.classes[key].images += 1
+
+        if self.num_samples > 0 and size is not None:
+            # Reservoir sampling: a uniform, seeded sample without holding the dataset in memory.
+            self.decodable += 1
+            if len(res.samples) < self.num_samples:
+                res.samples.append((path, n, ex))
+            else:
+                j = self.rng.randrange(self.decodable)
+                if j < self.num_samples:
+                    res.samples[j] = (path, n, ex)
+
+    def finish(self) -> None:
+        res = self.res
+        # One class text must mean one id everywhere, or training silently splits/merges classes.
+        for text, ids in sorted(self.text_to_ids.items()):
+            if len(ids) > 1:
+                (f0, i0), *_ = ids.values()
+                places = "; ".join(f"id {cid} first at {f}: record {i}" for cid, (f, i) in sorted(ids.items()))
+                res.problems.append(RecordProblem(f0, i0, "", f"class text {text!r} has several ids: {places}"))
+        if self.label_map is None:  # with a map, each box was already checked against it
+            for cid, texts in sorted(self.id_to_texts.items()):
+                if len(texts) > 1:
+                    (f0, i0), *_ = texts.values()
+                    places = "; ".join(f"{t!r} first at {f}: record {i}" for t, (f, i) in sorted(texts.items()))
+                    res.problems.append(RecordProblem(f0, i0, "", f"class id {cid} has several texts: {places}"))
+        for path, count in self.non_numeric.items():
+            res.warnings.append(
+                f"{path}: {count} record(s) have a non-numeric image/source_id "
+                f"(e.g. {self.non_numeric_example[path]!r}); Model Garden's evaluator converts it to a number "
+                "and fails: re-convert the dataset with od.records"
+            )
+        if self.duplicate_sources > 3:
+            res.warnings.append(f"... and {self.duplicate_sources - 3} more repeated image/source_id values")
+
+
+def inspect_records(
+    files: Sequence[str],
+    label_map=None,
+    num_samples: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> InspectResult:
+    """Read every record of ``files``; bad data becomes a RecordProblem, never an exception."""
+    from od.tfexample import iter_file_records
+
+    res = InspectResult(files=list(files))
+    if label_map is not None:
+        for cid, name in label_map.items:
+            res.classes[(cid, name)] = ClassCount(cid, name)
+    insp = _Inspector(label_map, num_samples, seed)
+    insp.res = res
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" rec", desc="inspect", file=sys.stderr, leave=False, disable=None)
+    for path in files:
+        count = 0
+        try:
+            for n, rec in enumerate(iter_file_records(path)):
+                count = n + 1
+                insp.record(path, n, rec)
+                if bar is not None:
+                    bar.update(1)
+        except Exception as e:  # TFRecordError, tf.errors.DataLossError / NotFoundError, OSError ...
+            msg = _first_line(e).removeprefix(f"{path}: ")
+            res.problems.append(
+                RecordProblem(path, -1, "", f"not readable as TFRecord after {count} good record(s): {msg}")
+            )
+        res.records_per_file[path] = count
+        if count == 0 and not (res.problems and res.problems[-1].file == path and res.problems[-1].index == -1):
+            res.warnings.append(f"{path}: no records in this file")
+    if bar is not None:
+        bar.close()
+    insp.finish()
+    return res
+
+
+# --- gallery ------------------------------------------------------------------
+
+def _caption_font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def make_gallery(samples: Sequence, label_map=None, cell: int = 320) -> Image.Image:
+    """One grid image: each sample resized into a ``cell`` square, then boxes drawn at that size.
+
+    Drawing after resizing keeps outlines and labels legible however large the photos are.
+    """
+    from PIL import Image, ImageDraw
+
+    from od.draw import draw_boxes
+
+    n = len(samples)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    caption_h = max(14, cell // 18)
+    font = _caption_font(caption_h - 3)
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + caption_h)), (32, 32, 32))
+    draw = ImageDraw.Draw(sheet)
+    for k, (path, index, ex) in enumerate(samples):
+        with Image.open(io.BytesIO(ex.image_bytes)) as im:
+            im = im.convert("RGB")
+        scale = min(cell / im.width, cell / im.height)
+        w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+        im = im.resize((w, h), Image.Resampling.LANCZOS)
+        boxes = ex.boxes_px(w, h)  # normalised coordinates -> pixels of the thumbnail
+        ids = [int(c) for c in ex.class_ids]
+        labels = [_class_name(c, ex.class_texts[i], label_map) for i, c in enumerate(ids)]
+        tile = draw_boxes(im, boxes, labels, ids)
+        x0, y0 = (k % cols) * cell, (k // cols) * (cell + caption_h)
+        sheet.paste(tile, (x0 + (cell - w) // 2, y0 + cell - h))  # bottom: caption right below
+        caption = f"{Path(path).name}#{index} {ex.filename}"
+        while len(caption) > 4 and draw.textlength(caption, font=font) > cell - 4:
+            caption = caption[:-2]
+        draw.text((x0 + 2, y0 + cell + 1), caption, fill=(230, 230, 230), font=font)
+    return sheet
+
+
+def write_gallery(path: str | os.PathLike, samples: Sequence, label_map=None) -> None:
+    buf = io.BytesIO()
+    make_gallery(samples, label_map).save(buf, "PNG", optimize=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --- CLI ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m od.inspect",
+        description="Check detection TFRecords (od shards or OD API .record files): decode every example, "
+        "check images, boxes and labels, print per-class counts, optionally draw a gallery.",
+        epilog="Exit status: 0 no problems, 1 problems found, 2 usage error (e.g. no files matched).",
+    )
+    p.add_argument("records", nargs="+", metavar="RECORDS",
+                   help="TFRecord files, globs ('data/records/train-*') or directories")
+    p.add_argument("--label-map", metavar="PATH", help="label_map.pbtxt to check class ids and texts against")
+    p.add_argument("--gallery", metavar="OUT.png", help="write a PNG grid of sampled examples with their boxes "
+                   "(replaces OUT.png if it exists)")
+    p.add_argument("--num", type=int, default=16, metavar="N", help="examples in the gallery (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing gallery examples (default 0)")
+    p.add_argument("--max-problems", type=int, default=50, metavar="N",
+                   help="print at most N problems (all are counted; default 50, 0 = all)")
+    return p
+
+
+def print_report(res: InspectResult, max_problems: int = 50, out=None) -> None:
+    out = out or sys.stdout
+    rows = []
+    for (cid, name), cc in sorted(res.classes.items()):
+        rows.append([name + ("" if cc.in_label_map else "  (not in label map)"), cid, cc.images, cc.boxes, cc.difficult])
+    if rows:
+        print_table(["class", "id", "images", "boxes", "difficult"], rows, file=out)
+    else:
+        print("(no boxes)", file=out)
+    if len(res.files) > 1:
+        print(file=out)
+        print_table(["file", "records"], [[f, res.records_per_file.get(f, 0)] for f in res.files], file=out)
+    print(
+        f"\n{res.num_records} records in {len(res.files)} file(s): {res.num_boxes} boxes, "
+        f"{res.negatives} negative (box-less) images, {len(res.problems)} problem(s)",
+        file=out,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num < 1:
+        error("--num must be at least 1")
+        return EXIT_USAGE
+
+    files, unmatched = expand_inputs(args.records)
+    for u in unmatched:
+        why = "" if glob.has_magic(u) or os.path.exists(u) else " (no such file or directory)"
+        error(f"no TFRecord files match {u!r}{why}")
+    if unmatched or not files:
+        error("nothing to inspect; create records first with `python -m od.records DATA_DIR` (or `make records`)")
+        return EXIT_USAGE
+
+    label_map = None
+    if args.label_map:
+        from od.label_map import LabelMapError, read_label_map
+
+        try:
+            label_map = read_label_map(args.label_map)
+        except LabelMapError as e:
+            error(str(e))
+            return EXIT_USAGE
+
+    res = inspect_records(files, label_map, num_samples=args.num if args.gallery else 0,
+                          seed=args.seed, progress=True)
+
+    for w in res.warnings:
+        warn(w)
+    shown = res.problems if args.max_problems <= 0 else res.problems[: args.max_problems]
+    for p in shown:
+        print(f"od: problem: {p}", file=sys.stderr)
+    if len(shown) < len(res.problems):
+        print(f"od: ... and {len(res.problems) - len(shown)} more problem(s) (--max-problems 0 shows all)",
+              file=sys.stderr)
+    print_report(res, args.max_problems)
+
+    if args.gallery:
+        if res.samples:
+            try:
+                write_gallery(args.gallery, res.samples, label_map)
+                print(f"gallery: {args.gallery} ({len(res.samples)} examples, seed {args.seed})")
+            except OSError as e:
+                error(f"{args.gallery}: cannot write gallery: {e.strerror or e}")
+                return EXIT_FAILURES
+        else:
+            warn(f"no decodable examples to draw; {args.gallery} not written")
+    return EXIT_OK if res.ok else EXIT_FAILURES
+
+
+if __name__ == "__main__":
+    sys.exit(main())

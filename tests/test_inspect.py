@@ -1,0 +1,175 @@
+"""od.inspect: good and bad records, OD API files, gallery, exit codes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from od.draw import color_for
+from od.inspect import expand_inputs, inspect_records, main
+from od.label_map import LabelMap, write_label_map
+from od.tfexample import encode_example, source_id_for, write_records
+from od.types import Box
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+RACCOON = SHARED / "datasets" / "raccoon"
+
+LM = LabelMap.from_names(["circle", "square"])  # circle=1, square=2
+
+
+def _jpeg(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (128, 128, 128)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _example(name: str, boxes: list[Box], ids: list[int], w: int = 120, h: int = 90, **kw) -> bytes:
+    args = dict(
+        image_bytes=_jpeg(w, h), image_format="jpeg", width=w, height=h, filename=name,
+        source_id=source_id_for(name), boxes=boxes, class_ids=ids,
+    )
+    args.update(kw)
+    return encode_example(**args)
+
+
+def _good(tmp_path: Path) -> Path:
+    out = tmp_path / "records"
+    write_records(out / "train-00000-of-00002.tfrecord", [
+        _example("a.jpg", [Box(10, 10, 60, 50, name="circle"), Box(70, 20, 110, 80, name="square")], [1, 2]),
+        _example("b.jpg", [Box(5, 5, 100, 85, name="circle", difficult=True)], [1]),
+    ])
+    write_records(out / "train-00001-of-00002.tfrecord", [_example("c.jpg", [], [])])
+    write_records(out / "val-00000-of-00001.tfrecord", [
+        _example("d.jpg", [Box(0, 0, 120, 90, name="square")], [2]),
+    ])
+    write_label_map(tmp_path / "label_map.pbtxt", LM)
+    return out
+
+
+def test_good_records(tmp_path: Path, capsys) -> None:
+    out = _good(tmp_path)
+    rc = main([str(out / "*.tfrecord"), "--label-map", str(tmp_path / "label_map.pbtxt")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "problem" not in cap.err
+    lines = {l.split()[0]: l.split()[1:] for l in cap.out.splitlines() if l.startswith(("circle", "square"))}
+    assert lines["circle"] == ["1", "2", "2", "1"]  # id, images, boxes, difficult
+    assert lines["square"] == ["2", "2", "2", "0"]
+    assert "4 records in 3 file(s): 4 boxes, 1 negative" in cap.out
+
+
+def test_bad_records_are_named(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.tfrecord"
+    write_records(bad, [
+        _example("ok.jpg", [Box(1, 1, 20, 20, name="circle")], [1]),
+        _example("out.jpg", [Box(-30, 10, 60, 50, name="circle")], [1]),  # xmin < 0
+        _example("unknown.jpg", [Box(10, 10, 60, 50, name="star")], [7]),  # not in the map
+        _example("mismatch.jpg", [Box(10, 10, 60, 50, name="circle")], [2]),  # text vs map
+        _example("reversed.jpg", [Box(60, 10, 10, 50, name="circle")], [1]),
+        _example("size.jpg", [], [], width=99, height=99, image_bytes=_jpeg(120, 90)),
+        _example("broken.jpg", [], [], image_bytes=_jpeg(120, 90)[:300]),
+        b"not an example at all \xff\xff",
+    ])
+    rc = main([str(bad), "--label-map", str(_label_map(tmp_path))])
+    err = capsys.readouterr().err
+    assert rc == 1
+    problems = [l for l in err.splitlines() if l.startswith("od: problem:")]
+    expect = {
+        1: "outside [0, 1]", 2: "class id 7 ('star') is not in the label map",
+        3: "class text 'circle' but the label map says id 2 is 'square'",
+        4: "empty or reversed", 5: "image is 120x90 but the record says image/width=99",
+        6: "image does not decode", 7: "cannot decode",
+    }
+    for idx, words in expect.items():
+        assert any(f"{bad}: record {idx}" in l and words in l for l in problems), (idx, words, err)
+    assert not any(": record 0 " in l for l in problems)
+    assert "(out.jpg)" in err
+
+
+def _label_map(tmp_path: Path) -> Path:
+    p = tmp_path / "lm.pbtxt"
+    write_label_map(p, LM)
+    return p
+
+
+def test_inconsistent_texts_without_label_map(tmp_path: Path) -> None:
+    f = tmp_path / "x.record"
+    write_records(f, [
+        _example("a.jpg", [Box(1, 1, 20, 20, name="cat")], [1]),
+        _example("b.jpg", [Box(1, 1, 20, 20, name="cat")], [3]),
+        _example("c.jpg", [Box(1, 1, 20, 20, name="dog")], [0]),
+        _example("d.jpg", [Box(1, 1, 20, 20, name="dog")], [1]),
+    ])
+    res = inspect_records([str(f)])
+    msgs = [str(p) for p in res.problems]
+    assert any("class text 'cat' has several ids" in m for m in msgs), msgs
+    assert any("record 2 (c.jpg): box 0 has class id 0" in m for m in msgs), msgs
+    assert any("class id 1 has several texts: 'cat' first at" in m and "record 3" in m for m in msgs), msgs
+
+
+def test_truncated_file_and_usage_errors(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "t.tfrecord"
+    write_records(f, [_example(f"{i}.jpg", [], []) for i in range(3)])
+    data = f.read_bytes()
+    f.write_bytes(data[:-40])
+    res = inspect_records([str(f)])
+    assert res.records_per_file[str(f)] == 2
+    assert any(p.index == -1 and "after 2 good record(s)" in p.problem for p in res.problems)
+    junk = tmp_path / "photo.tfrecord"
+    junk.write_bytes(_jpeg(20, 20))
+    res = inspect_records([str(junk)])
+    assert [p.index for p in res.problems] == [-1] and "not readable as TFRecord" in res.problems[0].problem
+
+    assert main([str(tmp_path / "nothing-*.tfrecord")]) == 2
+    assert "no TFRecord files match" in capsys.readouterr().err
+    assert main([str(f), "--label-map", str(tmp_path / "missing.pbtxt")]) == 2
+    assert "missing.pbtxt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ei:
+        main([])
+    assert ei.value.code == 2
+
+
+def test_expand_inputs(tmp_path: Path) -> None:
+    out = _good(tmp_path)
+    (out / "report.json").write_text("{}")
+    files, unmatched = expand_inputs([str(out), str(out / "val-*"), str(tmp_path / "nope")])
+    assert [Path(p).name for p in files] == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord", "val-00000-of-00001.tfrecord",
+    ]
+    assert unmatched == [str(tmp_path / "nope")]
+
+
+def test_gallery(tmp_path: Path, capsys) -> None:
+    out = _good(tmp_path)
+    png = tmp_path / "gallery" / "g.png"
+    rc = main([str(out), "--label-map", str(tmp_path / "label_map.pbtxt"), "--gallery", str(png),
+               "--num", "3", "--seed", "1"])
+    assert rc == 0, capsys.readouterr().err
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        arr = np.asarray(im.convert("RGB"))
+    assert arr.shape[0] > 300 and arr.shape[1] > 600  # a 2x2 grid of 320 px cells
+    pixels = arr.reshape(-1, 3)
+    for cid in (1, 2):
+        hits = np.all(pixels == np.array(color_for(cid), dtype=np.uint8), axis=1).sum()
+        assert hits > 100, (cid, hits)  # box outlines / label backgrounds in the class colour
+    # The same seed picks the same examples.
+    png2 = tmp_path / "g2.png"
+    main([str(out), "--label-map", str(tmp_path / "label_map.pbtxt"), "--gallery", str(png2),
+          "--num", "3", "--seed", "1"])
+    assert png2.read_bytes() == png.read_bytes()
+
+
+def test_old_od_api_record(capsys) -> None:
+    rec = RACCOON / "test.record"
+    if not rec.exists():
+        pytest.skip(f"{rec} not present")
+    rc = main([str(rec), "--label-map", str(RACCOON / "label_map.pbtxt")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "non-numeric image/source_id" in cap.err  # a warning, not a problem
+    assert "40 records in 1 file(s): 44 boxes" in cap.out
