@@ -1,0 +1,947 @@
+"""``python -m od.records DATA_DIR`` — Pascal VOC folder -> sharded TFRecords + label map + report.
+
+Three layouts are recognised (``--annotations``/``--images`` override):
+  1. a VOCdevkit year folder: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/*.txt``;
+  2. an annotations folder (annotations/ Annotations/ annots/ xml/) beside an images
+     folder (images/ JPEGImages/ imgs/);
+  3. XML files next to their images (LabelImg's default), searched recursively.
+
+First every XML is read (in the worker pool) and the whole conversion is planned:
+images, classes, duplicates, splits, shards. Then each worker writes whole shards,
+streaming one image at a time (memory does not grow with the dataset). Workers never
+import TensorFlow: Examples are built with ``od.tfexample``'s TF-free message class and
+written with its TF-free TFRecord writer (CRC32C via ``google-crc32c``), so a worker
+starts in well under a second. Shards are written under hidden temporary names and renamed only when
+every shard is complete; ``report.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
+from od.util import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_USAGE,
+    atomic_write_text,
+    error,
+    format_table,
+    note_default,
+    warn,
+)
+
+DEFAULT_OUT = "data/records"
+DEFAULT_LABEL_MAP = "label_maps/label_map.pbtxt"
+DEFAULT_VAL_FRACTION = 0.2
+TARGET_SHARD_BYTES = 150 * 1024 * 1024  # OD API / TF guidance: 100-200 MB per shard
+ANNOTATION_DIRS = ("annotations", "Annotations", "annots", "xml")
+IMAGE_DIRS = ("images", "JPEGImages", "imgs")
+SPLITS = ("train", "val", "test")
+REPORT_VERSION = 1
+MAX_PROBLEMS_SHOWN = 20
+_SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
+_TMP_RE = re.compile(r"^\.(train|val|test)-\d{5}-of-\d{5}\.tfrecord\..*\.tmp$")
+
+
+class UsageError(Exception):
+    """Bad command line or unusable DATA_DIR (exit 2)."""
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # voc | folders | flat | explicit
+    root: Path  # dataset root: images are never read from outside it (or images_dir)
+    annotations_dir: Path
+    images_dir: Path | None  # None: each image beside its XML
+    imagesets_dir: Path | None = None
+    description: str = ""
+
+    def images_dir_for(self, xml: Path) -> Path | None:
+        """Where ``xml``'s image lives; nested annotation folders mirror into the images folder."""
+        if self.images_dir is None:
+            return xml.parent
+        rel = xml.parent.relative_to(self.annotations_dir)
+        return self.images_dir / rel
+
+
+def _has_imagesets(year_dir: Path) -> Path | None:
+    main = year_dir / "ImageSets" / "Main"
+    if any((main / f"{n}.txt").is_file() for n in ("train", "val", "trainval", "test")):
+        return main
+    return None
+
+
+def _is_voc_year(d: Path) -> bool:
+    return (d / "Annotations").is_dir() and (d / "JPEGImages").is_dir()
+
+
+def _resolve_dir(arg: str, data_dir: Path | None, what: str) -> Path:
+    p = Path(arg)
+    if not p.is_dir() and data_dir is not None and not p.is_absolute() and (data_dir / p).is_dir():
+        p = data_dir / p
+    if not p.is_dir():
+        raise UsageError(f"{what} {arg}: no such folder")
+    return p
+
+
+def detect_layout(data_dir: str | Path | None, annotations: str | None = None, images: str | None = None) -> Layout:
+    """Work out where the XML and images are; raises UsageError with what was expected."""
+    dd = Path(data_dir) if data_dir is not None else None
+    if dd is not None and not dd.is_dir():
+        raise UsageError(f"DATA_DIR {dd}: no such folder")
+    if annotations or images:
+        ann = _resolve_dir(annotations, dd, "--annotations") if annotations else dd
+        if ann is None:
+            raise UsageError("give DATA_DIR or --annotations")
+        img = _resolve_dir(images, dd, "--images") if images else None
+        root = dd if dd is not None else Path(os.path.commonpath([ann.resolve()] + ([img.resolve()] if img else [])))
+        sets = _has_imagesets(dd) if dd is not None else None
+        desc = f"--annotations {ann}" + (f" --images {img}" if img else " (images beside the XML)")
+        return Layout("explicit", root, ann, img, sets, desc)
+    assert dd is not None
+    if _is_voc_year(dd):
+        sets = _has_imagesets(dd)
+        desc = "VOCdevkit year folder (Annotations/ + JPEGImages/" + (" + ImageSets/Main" if sets else "") + ")"
+        return Layout("voc", dd, dd / "Annotations", dd / "JPEGImages", sets, desc)
+    years = sorted(c for c in dd.iterdir() if c.is_dir() and _is_voc_year(c)) if dd.is_dir() else []
+    if len(years) == 1:
+        y = years[0]
+        sets = _has_imagesets(y)
+        desc = f"VOCdevkit year folder {y.name}/ (Annotations/ + JPEGImages/" + (" + ImageSets/Main" if sets else "") + ")"
+        return Layout("voc", y, y / "Annotations", y / "JPEGImages", sets, desc)
+    if len(years) > 1:
+        names = ", ".join(str(y) for y in years)
+        raise UsageError(f"{dd} holds several VOC year folders ({names}); pass one of them as DATA_DIR")
+    ann = next((dd / n for n in ANNOTATION_DIRS if (dd / n).is_dir()), None)
+    img = next((dd / n for n in IMAGE_DIRS if (dd / n).is_dir()), None)
+    if ann is not None and any(ann.rglob("*.xml")):
+        if img is not None:
+            return Layout("folders", dd, ann, img, None, f"{ann.name}/ beside {img.name}/")
+        return Layout("folders", dd, ann, None, None, f"{ann.name}/ (images beside the XML)")
+    if any(_iter_xml(dd)):
+        return Layout("flat", dd, dd, None, None, "XML next to the images")
+    raise UsageError(
+        f"no Pascal VOC XML found in {dd}. Expected one of: a VOCdevkit year folder (Annotations/, JPEGImages/, "
+        f"ImageSets/Main/); an annotations folder ({', '.join(ANNOTATION_DIRS)}) beside an images folder "
+        f"({', '.join(IMAGE_DIRS)}); or .xml files next to their images. Or pass --annotations DIR --images DIR."
+    )
+
+
+def _iter_xml(folder: Path):
+    """XML files under ``folder``, skipping hidden folders (temp dirs, .git)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.lower().endswith(".xml") and not f.startswith("."):
+                yield Path(dirpath) / f
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
+    """Stable split from the file stem alone: adding images never moves existing ones."""
+    u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def read_imagesets(main_dir: Path) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "trainval": [...], "test": [...]}`` (first token of each line)."""
+    out: dict[str, list[str]] = {}
+    for name in ("train", "val", "trainval", "test"):
+        p = main_dir / f"{name}.txt"
+        if p.is_file():
+            out[name] = [ln.split()[0] for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.split()]
+    return out
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to convert (metadata only; pixels are read by the worker)."""
+
+    index: int
+    key: str
+    split: str
+    xml_name: str  # report name of the XML
+    image_path: str
+    image_name: str  # image/filename in the record (relative to the images folder)
+    image_report: str  # report name of the image (relative to the dataset root)
+    xml_size: tuple[int, int] | None
+    boxes: tuple[Box, ...]
+    source_id: int
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    final_path: str
+    tmp_path: str
+    items: tuple[Item, ...]
+    name_to_id: dict
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    index: int
+    converted: bool
+    width: int = 0
+    height: int = 0
+    fast_path: bool = False
+    reencoded: bool = False
+    class_counts: tuple[tuple[str, int], ...] = ()
+    problems: tuple[Problem, ...] = ()
+    kept_boxes: int = 0
+
+
+def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, bytes | None]:
+    from od.images import prepare_image
+    from od.voc import apply_box_rules
+
+    prep = prepare_image(item.image_path, item.xml_size, item.image_report)
+    if prep.data is None:
+        return Outcome(item.index, False, problems=prep.problems), None
+    boxes, box_problems = apply_box_rules(item.boxes, prep.width, prep.height, item.xml_name)
+    try:
+        rec = _encode(item, prep, boxes, name_to_id)
+    except ValueError as e:  # e.g. a class name or file name that is not valid UTF-8 text
+        problem = Problem(item.image_report, f"cannot encode the Example: {e}", SKIPPED_IMAGE)
+        return Outcome(item.index, False, problems=prep.problems + box_problems + (problem,)), None
+    counts = Counter(b.name for b in boxes)
+    return (
+        Outcome(
+            item.index, True, prep.width, prep.height, prep.fast_path, not prep.fast_path,
+            tuple(sorted(counts.items())), prep.problems + box_problems, len(boxes),
+        ),
+        rec,
+    )
+
+
+def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> bytes:
+    from od.tfexample import encode_example
+
+    return encode_example(
+        image_bytes=prep.data,
+        image_format="jpeg",
+        width=prep.width,
+        height=prep.height,
+        filename=item.image_name,
+        source_id=item.source_id,
+        boxes=boxes,
+        class_ids=[name_to_id[b.name] for b in boxes],
+    )
+
+
+_progress_queue = None
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+    # Ctrl-C is handled by the parent, which cleans up temp shards.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _queue_progress(n: int) -> None:
+    if _progress_queue is not None:
+        _progress_queue.put(n)
+
+
+def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[Outcome]:
+    """Convert and write one shard to its temp name (or only check, with ``dry_run``).
+
+    Streams: one image is in memory at a time, whatever the shard size.
+    """
+    from od.tfexample import write_records
+
+    progress = progress or _queue_progress
+    outcomes: list[Outcome] = []
+
+    def examples():
+        pending = 0
+        for item in task.items:
+            out, rec = _convert_item(item, task.name_to_id)
+            outcomes.append(out)
+            pending += 1
+            if pending >= 4:
+                progress(pending)
+                pending = 0
+            if rec is not None:
+                yield rec
+        if pending:
+            progress(pending)
+
+    if task.dry_run:
+        for _ in examples():
+            pass
+    else:
+        write_records(task.tmp_path, examples())
+    return outcomes
+
+
+PARSE_CHUNK = 256
+MIN_PARALLEL = 400  # below this many images, starting worker processes costs more than it saves
+
+
+def _parse_chunk(jobs: Sequence[tuple[str, str, str]], progress: Callable[[int], None] | None = None) -> list[Annotation]:
+    from od.voc import parse_voc
+
+    progress = progress or _queue_progress
+    out = [parse_voc(x, root, images) for x, root, images in jobs]
+    progress(len(jobs))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _abs_prefix(root: str) -> str:
+    return os.path.abspath(root).rstrip(os.sep) + os.sep
+
+
+def _rel(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to ``root`` for messages and record names (lexical: no file system calls)."""
+    p = os.path.abspath(path)
+    prefix = _abs_prefix(os.fspath(root))
+    if p.startswith(prefix):
+        return p[len(prefix):].replace(os.sep, "/")
+    return os.fspath(path)
+
+
+def _refile(problems: Sequence[Problem], name: str) -> tuple[Problem, ...]:
+    return tuple(Problem(name, p.problem, p.action) for p in problems)
+
+
+@dataclass
+class Plan:
+    layout: Layout
+    items: list[Item]
+    problems: list[Problem]  # planning problems (XML, duplicates, unknown classes), in XML order
+    label_map: object
+    label_map_status: str  # created | existing | extended
+    added_classes: list[str]
+    num_xml: int
+    difficult_skipped: int = 0
+    not_listed: list[str] = field(default_factory=list)
+    splits_source: str = "hash"
+    unknown_classes: dict[str, int] = field(default_factory=dict)  # class -> boxes dropped
+
+
+def plan_dataset(
+    layout: Layout,
+    label_map_path: Path,
+    *,
+    add_classes: bool,
+    skip_difficult: bool,
+    val_fraction: float,
+    test_fraction: float,
+    show_progress: bool = True,
+    pool: "Workers | None" = None,
+) -> Plan:
+    """Read every XML, resolve images, classes, duplicates and splits (no pixels read)."""
+    from od.label_map import LabelMap, read_label_map
+    from od.tfexample import source_id_for
+
+    root = layout.root
+    xmls = list(_iter_xml(layout.annotations_dir))
+    jobs = [
+        [(str(x), str(root), str(layout.images_dir_for(x))) for x in xmls[i : i + PARSE_CHUNK]]
+        for i in range(0, len(xmls), PARSE_CHUNK)
+    ]
+    pool = pool or Workers(1)
+    anns = [a for chunk in pool.map_progress(
+        _parse_chunk, jobs, len(xmls), "reading XML", show_progress and len(xmls) >= 2000, leave=False)
+        for a in chunk]
+    parsed: list[tuple[Path, str, Annotation]] = []
+    for xml, ann in zip(xmls, anns):
+        key = xml.relative_to(layout.annotations_dir).with_suffix("").as_posix()
+        parsed.append((xml, key, ann))
+
+    problems_by_xml: dict[str, list[Problem]] = defaultdict(list)
+    usable: list[tuple[Path, str, Annotation]] = []
+    names: dict[Path, str] = {}
+    for xml, key, ann in parsed:
+        name = names[xml] = _rel(xml, root)
+        problems_by_xml[name].extend(_refile(ann.problems, name))
+        if ann.image_path is not None:
+            usable.append((xml, key, ann))
+
+    # Two XMLs -> one image: keep the XML named like the image (else the first), skip the rest.
+    by_image: dict[str, list[tuple[Path, str, Annotation]]] = defaultdict(list)
+    for entry in usable:
+        by_image[os.path.normpath(os.path.abspath(entry[2].image_path))].append(entry)
+    keep: set[str] = set()
+    for img, entries in by_image.items():
+        if len(entries) == 1:
+            keep.add(entries[0][1])
+            continue
+        stem = Path(img).stem
+        winner = next((e for e in entries if e[0].stem == stem), entries[0])
+        keep.add(winner[1])
+        for e in entries:
+            if e is not winner:
+                name = names[e[0]]
+                problems_by_xml[name].append(
+                    Problem(
+                        name,
+                        f"points at the same image {_rel(img, root)} as {names[winner[0]]}; "
+                        "only one annotation per image is used",
+                        SKIPPED_IMAGE,
+                    )
+                )
+    usable = [e for e in usable if e[1] in keep]
+
+    # Label map: honour an existing one; otherwise create it from the classes found.
+    found = sorted({b.name for _, _, ann in usable for b in ann.boxes})
+    added: list[str] = []
+    if label_map_path.exists():
+        lm = read_label_map(label_map_path)
+        status = "existing"
+        unknown = [n for n in found if n not in lm]
+        if unknown and add_classes:
+            lm = lm.with_added(unknown)
+            added = unknown
+            status = "extended"
+    else:
+        lm = LabelMap.from_names(found)
+        status = "created"
+
+    # Splits.
+    sets = read_imagesets(layout.imagesets_dir) if layout.imagesets_dir else {}
+    assigned: dict[str, str] = {}
+    split_src = "hash"
+    if sets:
+        split_src = "ImageSets/Main"
+        for split_name, listed in (("train", "train"), ("val", "val"), ("test", "test")):
+            for stem in sets.get(listed, []):
+                assigned.setdefault(stem, split_name)
+        for stem in sets.get("trainval", []):
+            if stem not in assigned:
+                assigned[stem] = hash_split(stem, val_fraction, 0.0)  # only trainval listed: split it
+
+    items: list[Item] = []
+    not_listed: list[str] = []
+    used_ids: set[int] = set()
+    difficult_skipped = 0
+    unknown_total: Counter = Counter()
+    for xml, key, ann in usable:
+        name = names[xml]
+        if sets:
+            split = assigned.get(Path(key).name) or assigned.get(key)
+            if split is None:
+                not_listed.append(name)
+                continue
+        else:
+            split = hash_split(key, val_fraction, test_fraction)
+        boxes: list[Box] = []
+        dropped_unknown: Counter = Counter()
+        for b in ann.boxes:
+            if b.name not in lm:
+                dropped_unknown[b.name] += 1
+                continue
+            if skip_difficult and b.difficult:
+                difficult_skipped += 1
+                continue
+            boxes.append(b)
+        for cls, n in sorted(dropped_unknown.items()):
+            unknown_total[cls] += n
+            problems_by_xml[name].append(
+                Problem(
+                    name,
+                    f"class {cls!r} is not in the label map {label_map_path}; {n} box{'es' if n > 1 else ''} "
+                    "dropped (pass --add-classes to add it)",
+                    DROPPED_BOX,
+                )
+            )
+        sid = source_id_for(key)
+        bump = 0
+        while sid in used_ids:  # rare hash collision: deterministic re-hash
+            bump += 1
+            sid = source_id_for(f"{key}#{bump}")
+        used_ids.add(sid)
+        image_name = _rel(ann.image_path, layout.images_dir) if layout.images_dir else _rel(ann.image_path, root)
+        items.append(
+            Item(
+                index=len(items),
+                key=key,
+                split=split,
+                xml_name=name,
+                image_path=str(ann.image_path),
+                image_name=image_name,
+                image_report=_rel(ann.image_path, root),
+                xml_size=(ann.width, ann.height) if ann.width and ann.height else None,
+                boxes=tuple(boxes),
+                source_id=sid,
+            )
+        )
+
+    problems = [p for xml, _, _ in parsed for p in problems_by_xml.get(names[xml], [])]
+    return Plan(layout, items, problems, lm, status, added, len(xmls), difficult_skipped, not_listed, split_src,
+                dict(sorted(unknown_total.items())))
+
+
+def _shard_order(items: Sequence[Item]) -> list[Item]:
+    """Items of a split in a stable pseudo-random order (mixes classes/sources across shards)."""
+    return sorted(items, key=lambda it: (hashlib.sha256(it.key.encode("utf-8")).digest(), it.key))
+
+
+def make_shard_tasks(
+    plan: Plan, out: Path, shards: int | None, name_to_id: dict, dry_run: bool = False
+) -> list[ShardTask]:
+    tasks: list[ShardTask] = []
+    pid = os.getpid()
+    for split in SPLITS:
+        items = _shard_order([it for it in plan.items if it.split == split])
+        if not items:
+            continue
+        if shards is None:
+            total = 0
+            for it in items:
+                try:
+                    total += os.path.getsize(it.image_path)
+                except OSError:
+                    pass
+            n = max(1, math.ceil(total / TARGET_SHARD_BYTES))
+        else:
+            n = shards
+        n = max(1, min(n, len(items)))
+        for i in range(n):
+            final = out / f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+            tmp = out / f".{final.name}.{pid}.tmp"
+            tasks.append(ShardTask(split, str(final), str(tmp), tuple(items[i::n]), name_to_id, dry_run))
+    return tasks
+
+
+class Workers:
+    """A process pool shared by XML parsing and shard writing (or in-process when 1 worker).
+
+    ``map_progress`` runs ``fn`` over ``jobs`` and returns results in job order while a
+    single progress bar counts what workers report through a queue.
+    """
+
+    def __init__(self, workers: int):
+        self.n = max(1, workers)
+        self._pool = None
+        self._queue = None
+
+    def __enter__(self) -> "Workers":
+        if self.n > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork is cheapest (workers inherit the imports), but not once TensorFlow is loaded
+            # in this process (its threads do not survive a fork); od itself never loads it here.
+            use_fork = "fork" in mp.get_all_start_methods() and "tensorflow" not in sys.modules
+            ctx = mp.get_context("fork" if use_fork else "spawn")
+            self._queue = ctx.Queue()
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.n, mp_context=ctx, initializer=_init_worker, initargs=(self._queue,)
+            )
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.terminate()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def terminate(self) -> None:
+        """Stop the workers now (Ctrl-C, errors): a half-written shard is worthless anyway."""
+        if self._pool is None:
+            return
+        procs = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+        self._pool = None
+
+    def map_progress(self, fn, jobs: Sequence, total: int, desc: str, show: bool, leave: bool = True) -> list:
+        """``fn(job, progress)`` for every job; in the pool only when there is enough work to pay for it."""
+        from tqdm import tqdm
+
+        # disable=None: a bar on a terminal, none in logs (CI, pipes); --quiet: never
+        bar = tqdm(total=total, desc=desc, unit="img", disable=None if show else True, dynamic_ncols=True, leave=leave)
+        try:
+            if self._pool is None or len(jobs) <= 1 or total < MIN_PARALLEL:
+                return [fn(j, bar.update) for j in jobs]
+            import queue as queue_mod
+            from concurrent.futures import FIRST_COMPLETED, wait
+
+            futures = [self._pool.submit(fn, j) for j in jobs]
+            pending = set(futures)
+            try:
+                while pending:
+                    _, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                    while True:
+                        try:
+                            bar.update(self._queue.get_nowait())
+                        except queue_mod.Empty:
+                            break
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+        finally:
+            bar.close()
+
+
+def run_tasks(
+    tasks: Sequence[ShardTask], pool: Workers, total: int, show_progress: bool = True, desc: str = "converting"
+) -> list[Outcome]:
+    """Write (or check) every shard; each worker writes whole shards."""
+    results = pool.map_progress(write_shard, tasks, total, desc, show_progress)
+    return [o for r in results for o in r]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report(
+    plan: Plan, data_dir: str, label_map_path: str, outcomes: Sequence[Outcome], files: dict[str, list[str]]
+) -> dict:
+    lm = plan.label_map
+    by_index = {o.index: o for o in outcomes}
+    splits: dict[str, dict] = {}
+    problems: list[Problem] = list(plan.problems)
+    for split in SPLITS:
+        its = [it for it in plan.items if it.split == split]
+        if not its and not files.get(split):
+            continue
+        per_class = {n: {"images": 0, "boxes": 0} for n in lm.names}
+        n_images = n_boxes = negatives = 0
+        for it in its:
+            o = by_index[it.index]
+            if not o.converted:
+                continue
+            n_images += 1
+            n_boxes += o.kept_boxes
+            negatives += o.kept_boxes == 0
+            for cls, n in o.class_counts:
+                per_class.setdefault(cls, {"images": 0, "boxes": 0})
+                per_class[cls]["images"] += 1
+                per_class[cls]["boxes"] += n
+        splits[split] = {
+            "files": files.get(split, []),
+            "num_images": n_images,
+            "num_boxes": n_boxes,
+            "negatives": negatives,
+            "per_class": per_class,
+        }
+    for it in plan.items:
+        problems.extend(by_index[it.index].problems)
+    # Planning problems come first per XML; keep a stable, readable order by file.
+    problems.sort(key=lambda p: p.file)
+    converted = [o for o in outcomes if o.converted]
+    actions = Counter(p.action for p in problems)
+    summary = {
+        "layout": plan.layout.kind,
+        "layout_description": plan.layout.description,
+        "split_source": plan.splits_source,
+        "xml_files": plan.num_xml,
+        "images_converted": len(converted),
+        "images_skipped": plan.num_xml - len(converted) - len(plan.not_listed),
+        "images_copied_unchanged": sum(o.fast_path for o in converted),
+        "images_reencoded": sum(o.reencoded for o in converted),
+        "boxes": sum(o.kept_boxes for o in converted),
+        "negatives": sum(o.kept_boxes == 0 for o in converted),
+        "problems": len(problems),
+        "problems_by_action": {a: actions.get(a, 0) for a in (SKIPPED_IMAGE, DROPPED_BOX, FIXED)},
+        "difficult_boxes_skipped": plan.difficult_skipped,
+        "not_in_imagesets": len(plan.not_listed),
+    }
+    return {
+        "version": REPORT_VERSION,
+        "data_dir": data_dir,
+        "label_map": label_map_path,
+        "classes": [{"id": i, "name": n} for i, n in lm.items],
+        "num_classes": lm.num_classes,
+        "splits": splits,
+        "problems": [p.to_dict() for p in problems],
+        "summary": summary,
+    }
+
+
+def print_summary(report: dict, out: Path, file=None) -> None:
+    file = file or sys.stdout
+    s = report["summary"]
+    splits = report["splits"]
+    p = lambda *a: print(*a, file=file)  # noqa: E731
+    p("")
+    rows = [
+        (name, sp["num_images"], sp["num_boxes"], sp["negatives"], len(sp["files"]))
+        for name, sp in splits.items()
+    ]
+    rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows)))
+    p(format_table(["split", "images", "boxes", "negatives", "shards"], rows))
+    p("")
+    names = [c["name"] for c in report["classes"]]
+    headers = ["class (id)"]
+    for name in splits:
+        headers += [f"{name} images", f"{name} boxes"]
+    crow = []
+    for c in report["classes"]:
+        row: list[object] = [f"{c['name']} ({c['id']})"]
+        for sp in splits.values():
+            pc = sp["per_class"].get(c["name"], {"images": 0, "boxes": 0})
+            row += [pc["images"], pc["boxes"]]
+        crow.append(row)
+    if names:
+        p(format_table(headers, crow))
+        p("")
+    probs = report["problems"]
+    a = s["problems_by_action"]
+    if probs:
+        p(f"problems: {len(probs)} ({a['skipped_image']} images skipped, {a['dropped_box']} boxes dropped, "
+          f"{a['fixed']} fixed)")
+        for pr in probs[:MAX_PROBLEMS_SHOWN]:
+            p(f"  {pr['file']}: {pr['problem']} [{pr['action']}]")
+        if len(probs) > MAX_PROBLEMS_SHOWN:
+            p(f"  ... {len(probs) - MAX_PROBLEMS_SHOWN} more in {out / 'report.json'}")
+    else:
+        p("problems: none")
+    p(f"images: {s['images_converted']} converted ({s['images_copied_unchanged']} copied byte for byte, "
+      f"{s['images_reencoded']} re-encoded), {s['images_skipped']} skipped")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1)")
+    return v
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m od.records",
+        description="Convert a Pascal VOC dataset (XML + images) to sharded TFRecords, a label map and report.json.",
+        epilog="Layouts: VOCdevkit year folder; annotations/ beside images/; or XML next to images. "
+        "Exit codes: 0 all converted, 1 some images skipped (or nothing converted, or --strict found problems), "
+        "2 usage error.",
+    )
+    ap.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="dataset folder")
+    ap.add_argument("--annotations", metavar="DIR", help="folder of VOC XML files (overrides detection)")
+    ap.add_argument("--images", metavar="DIR", help="folder of images (default: beside each XML)")
+    ap.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    ap.add_argument("--label-map", metavar="PATH", help=f"label map to honour or create (default {DEFAULT_LABEL_MAP})")
+    ap.add_argument("--add-classes", action="store_true", help="add classes missing from an existing label map")
+    ap.add_argument("--val-fraction", type=_fraction, default=None, metavar="F", help=f"val share when no ImageSets (default {DEFAULT_VAL_FRACTION})")
+    ap.add_argument("--test-fraction", type=_fraction, default=0.0, metavar="F", help="test share when no ImageSets (default 0)")
+    ap.add_argument("--shards", type=_positive, metavar="N", help="shards per split (default: ~150 MB each, at least 1)")
+    ap.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: CPU count)")
+    ap.add_argument("--skip-difficult", action="store_true", help="drop boxes marked difficult")
+    ap.add_argument("--strict", action="store_true", help="any problem -> exit 1 before writing anything")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def _clean_stale(out: Path, keep: set[str] | None) -> list[str]:
+    """Remove temp shards of interrupted runs and (unless ``keep`` is None) shards not in ``keep``."""
+    removed: list[str] = []
+    if not out.is_dir():
+        return removed
+    for f in sorted(out.iterdir()):
+        old_shard = keep is not None and _SHARD_RE.match(f.name) and f.name not in keep
+        if old_shard or _TMP_RE.match(f.name):
+            try:
+                f.unlink()
+                removed.append(f.name)
+            except OSError:
+                pass
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.data_dir is None and not args.annotations:
+        ap.print_usage(sys.stderr)
+        error("give DATA_DIR (or --annotations DIR)")
+        return EXIT_USAGE
+
+    out = Path(args.out) if args.out else Path(DEFAULT_OUT)
+    if not args.out:
+        note_default("--out", DEFAULT_OUT)
+    lm_path = Path(args.label_map) if args.label_map else Path(DEFAULT_LABEL_MAP)
+    if not args.label_map:
+        note_default("--label-map", DEFAULT_LABEL_MAP)
+    val_fraction = args.val_fraction
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = args.workers or max(1, cpus)
+    if args.workers is None:
+        note_default("--workers", workers)
+    if out.exists() and not out.is_dir():
+        error(f"--out {out} exists and is not a folder")
+        return EXIT_USAGE
+    if lm_path.is_dir():
+        error(f"--label-map {lm_path} is a folder; give a .pbtxt file path")
+        return EXIT_USAGE
+
+    try:
+        layout = detect_layout(args.data_dir, args.annotations, args.images)
+    except UsageError as e:
+        error(str(e))
+        return EXIT_USAGE
+    if val_fraction is None:
+        val_fraction = DEFAULT_VAL_FRACTION
+        if not layout.imagesets_dir:
+            note_default("--val-fraction", val_fraction)
+    if val_fraction + args.test_fraction >= 1.0:
+        error(f"--val-fraction {val_fraction} + --test-fraction {args.test_fraction} leaves nothing to train on")
+        return EXIT_USAGE
+    data_dir = args.data_dir if args.data_dir is not None else str(layout.root)
+    print(f"od.records: reading {data_dir} (layout: {layout.description})", file=sys.stderr)
+    try:
+        with Workers(workers) as pool:
+            return _run(args, layout, data_dir, out, lm_path, val_fraction, pool)
+    except KeyboardInterrupt:
+        error("interrupted; nothing was written")
+        return 130
+
+
+def _run(
+    args: argparse.Namespace, layout: Layout, data_dir: str, out: Path, lm_path: Path, val_fraction: float,
+    pool: Workers,
+) -> int:
+    from od.label_map import LabelMapError, write_label_map
+
+    show = not args.quiet
+    try:
+        plan = plan_dataset(
+            layout, lm_path, add_classes=args.add_classes, skip_difficult=args.skip_difficult,
+            val_fraction=val_fraction, test_fraction=args.test_fraction, show_progress=show, pool=pool,
+        )
+    except LabelMapError as e:
+        error(f"{e} (fix it, or pass another --label-map)")
+        return EXIT_USAGE
+    if plan.label_map_status == "existing":
+        nc = len(plan.label_map)
+        print(f"od.records: using existing label map {lm_path} ({nc} class{'es' if nc != 1 else ''})", file=sys.stderr)
+    if plan.not_listed:
+        shown = ", ".join(plan.not_listed[:3]) + (" ..." if len(plan.not_listed) > 3 else "")
+        warn(f"{len(plan.not_listed)} XML files are not in any ImageSets/Main list and were left out ({shown})")
+    if not plan.items:
+        for pr in plan.problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"  {pr}", file=sys.stderr)
+        error(f"nothing to convert in {data_dir}: none of its {plan.num_xml} XML files is usable")
+        return EXIT_FAILURES
+    if len(plan.label_map) == 0:
+        warn("no object classes found (every image is a negative); the label map will be empty")
+
+    name_to_id = dict(plan.label_map.name_to_id)
+    if args.strict:
+        checks = make_shard_tasks(plan, out, args.shards, name_to_id, dry_run=True)
+        outcomes = run_tasks(checks, pool, len(plan.items), show, desc="checking")
+        found = list(plan.problems) + [p for o in sorted(outcomes, key=lambda o: o.index) for p in o.problems]
+        if found:
+            for pr in found[:MAX_PROBLEMS_SHOWN]:
+                print(f"  {pr}", file=sys.stderr)
+            if len(found) > MAX_PROBLEMS_SHOWN:
+                print(f"  ... {len(found) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+            error(f"--strict: {len(found)} problems found; nothing written")
+            return EXIT_FAILURES
+
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out, keep=None)  # leftovers of interrupted runs only (temp names)
+    tasks = make_shard_tasks(plan, out, args.shards, name_to_id)
+    if args.shards is None:
+        note_default("--shards", "about 150 MB per shard (" + ", ".join(
+            f"{s}: {sum(t.split == s for t in tasks)}" for s in SPLITS if any(t.split == s for t in tasks)) + ")")
+    try:
+        outcomes = run_tasks(tasks, pool, len(plan.items), show)
+    except BaseException as e:
+        pool.terminate()  # stop workers before removing the temp shards they write
+        for t in tasks:
+            try:
+                os.unlink(t.tmp_path)
+            except OSError:
+                pass
+        if isinstance(e, KeyboardInterrupt):
+            error("interrupted; no shard was finished, nothing replaced")
+            return 130
+        raise
+
+    # Every shard is complete: rename them into place, then drop shards of older runs.
+    for t in tasks:
+        os.replace(t.tmp_path, t.final_path)
+    files: dict[str, list[str]] = defaultdict(list)
+    for t in tasks:
+        files[t.split].append(Path(t.final_path).name)
+    removed = _clean_stale(out, keep={n for v in files.values() for n in v})
+    if plan.label_map_status in ("created", "extended"):
+        write_label_map(lm_path, plan.label_map)
+    report = build_report(plan, data_dir, str(lm_path), outcomes, dict(files))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+    print_summary(report, out)
+    s = report["summary"]
+    lm_note = {"created": "created", "extended": f"extended with {', '.join(plan.added_classes)}",
+               "existing": "unchanged"}[plan.label_map_status]
+    nc = len(plan.label_map)
+    print(f"label map: {lm_path} ({lm_note}, {nc} class{'es' if nc != 1 else ''})")
+    n_shards = sum(len(v) for v in files.values())
+    print(f"records:   {out} ({n_shards} shard{'s' if n_shards != 1 else ''}), report: {out / 'report.json'}")
+    if removed:
+        print(f"           removed {len(removed)} old shard(s) of an earlier run that this run did not write")
+    if s["images_converted"] == 0:
+        error("no image could be converted")
+        return EXIT_FAILURES
+    if "val" not in files:
+        warn("the val split is empty; training has nothing to evaluate on (raise --val-fraction or add images)")
+    if plan.unknown_classes:
+        what = ", ".join(f"{c} ({n})" for c, n in plan.unknown_classes.items())
+        warn(f"boxes of classes not in the label map {lm_path} were dropped: {what}. Pass --add-classes to add "
+             "them, or --label-map with a new file for a different dataset")
+    if plan.unknown_classes and s["boxes"] == 0:
+        error(f"no box was kept: none of the dataset's classes is in {lm_path}")
+        return EXIT_FAILURES
+    if s["images_skipped"]:
+        warn(f"{s['images_skipped']} images were skipped; see the problems above / report.json")
+        return EXIT_FAILURES
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
