@@ -15,6 +15,7 @@ EXPORT_DIR ?= exported/$(NAME)
 STEPS ?=
 OUT ?=
 ARGS ?=
+TFLITE ?=
 
 steps_flag = $(if $(STEPS),--steps $(STEPS),)
 out_flag = $(if $(OUT),--out $(OUT),)
@@ -59,7 +60,7 @@ eval: $(STAMP)
 	$(PY) -m od.evaluate --model-dir $(MODEL_DIR) --records $(RECORDS) $(ARGS)
 
 export: $(STAMP)
-	$(PY) -m od.export --model-dir $(MODEL_DIR) --out $(EXPORT_DIR) $(ARGS)
+	$(PY) -m od.export --model-dir $(MODEL_DIR) --out $(EXPORT_DIR) $(if $(TFLITE),--tflite $(TFLITE),) $(ARGS)
 
 IMAGES ?= $(DATA)
 detect: $(STAMP)
