@@ -9,10 +9,11 @@ Three layouts are recognised (``--annotations``/``--images`` override):
 First every XML is read (in the worker pool) and the whole conversion is planned:
 images, classes, duplicates, splits, shards. Then each worker writes whole shards,
 streaming one image at a time (memory does not grow with the dataset). Workers never
-import TensorFlow: Examples are built with ``od.tfexample``'s TF-free message class and
-written with its TF-free TFRecord writer (CRC32C via ``google-crc32c``), so a worker
-starts in well under a second. Shards are written under hidden temporary names and renamed only when
-every shard is complete; ``report.json`` is written last.
+import TensorFlow: Examples are encoded by ``od.tfexample`` (hand-written wire format, the
+image bytes passed through untouched) and written with its TF-free TFRecord writer
+(CRC32C via ``google-crc32c``, batched ``writev``), so a worker starts in well under a
+second. Shards are written under hidden temporary names and renamed only when every shard
+is complete; ``report.json`` is written last.
 """
 
 from __future__ import annotations
@@ -119,7 +120,10 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
         sets = _has_imagesets(dd)
         desc = "VOCdevkit year folder (Annotations/ + JPEGImages/" + (" + ImageSets/Main" if sets else "") + ")"
         return Layout("voc", dd, dd / "Annotations", dd / "JPEGImages", sets, desc)
-    years = sorted(c for c in dd.iterdir() if c.is_dir() and _is_voc_year(c)) if dd.is_dir() else []
+    years: list[Path] = []
+    if dd.is_dir():
+        with os.scandir(dd) as entries:  # DirEntry.is_dir: no stat per file in a flat folder of images
+            years = sorted(Path(e.path) for e in entries if e.is_dir() and _is_voc_year(Path(e.path)))
     if len(years) == 1:
         y = years[0]
         sets = _has_imagesets(y)
@@ -145,11 +149,17 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
 
 def _iter_xml(folder: Path):
     """XML files under ``folder``, skipping hidden folders (temp dirs, .git)."""
+    for dirpath, f in _iter_xml_names(folder):
+        yield Path(dirpath) / f
+
+
+def _iter_xml_names(folder: Path):
+    """``(folder path, file name)`` of the XML files under ``folder``, in ``_iter_xml``'s order."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             if f.lower().endswith(".xml") and not f.startswith("."):
-                yield Path(dirpath) / f
+                yield dirpath, f
 
 
 # --------------------------------------------------------------------------- splits
@@ -157,7 +167,11 @@ def _iter_xml(folder: Path):
 
 def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
     """Stable split from the file stem alone: adding images never moves existing ones."""
-    u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return _split_of_digest(hashlib.sha256(key.encode("utf-8")).digest(), val_fraction, test_fraction)
+
+
+def _split_of_digest(digest: bytes, val_fraction: float, test_fraction: float) -> str:
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
@@ -192,6 +206,7 @@ class Item:
     xml_size: tuple[int, int] | None
     boxes: tuple[Box, ...]
     source_id: int
+    order: bytes = b""  # sha256 of key (shard order); computed when empty
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,8 @@ class Outcome:
     kept_boxes: int = 0
 
 
-def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, bytes | None]:
+def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
+    """Prepare one image and encode its Example as ``(prefix, image bytes, suffix)`` parts."""
     from od.images import prepare_image
     from od.voc import apply_box_rules
 
@@ -230,7 +246,9 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, bytes | None]:
     except ValueError as e:  # e.g. a class name or file name that is not valid UTF-8 text
         problem = Problem(item.image_report, f"cannot encode the Example: {e}", SKIPPED_IMAGE)
         return Outcome(item.index, False, problems=prep.problems + box_problems + (problem,)), None
-    counts = Counter(b.name for b in boxes)
+    counts: dict[str, int] = {}
+    for b in boxes:
+        counts[b.name] = counts.get(b.name, 0) + 1
     return (
         Outcome(
             item.index, True, prep.width, prep.height, prep.fast_path, not prep.fast_path,
@@ -240,10 +258,10 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, bytes | None]:
     )
 
 
-def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> bytes:
-    from od.tfexample import encode_example
+def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> tuple:
+    from od.tfexample import encode_example_parts
 
-    return encode_example(
+    return encode_example_parts(
         image_bytes=prep.data,
         image_format="jpeg",
         width=prep.width,
@@ -277,35 +295,40 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
 
     Streams: one image is in memory at a time, whatever the shard size.
     """
-    from od.tfexample import write_records
+    from time import monotonic
+
+    from od.tfexample import open_record_writer
 
     progress = progress or _queue_progress
     outcomes: list[Outcome] = []
-
-    def examples():
+    writer = None if task.dry_run else open_record_writer(task.tmp_path)
+    try:
         pending = 0
+        last = monotonic()
         for item in task.items:
             out, rec = _convert_item(item, task.name_to_id)
             outcomes.append(out)
+            if writer is not None and rec is not None:
+                writer.write(rec)
+            # Drop this image's bytes before reading the next: the allocator then reuses the
+            # same (already mapped) memory instead of faulting in fresh pages for every image.
+            rec = None
             pending += 1
-            if pending >= 4:
+            if pending >= 256 or monotonic() - last >= 0.2:  # a few updates a second is plenty
                 progress(pending)
                 pending = 0
-            if rec is not None:
-                yield rec
+                last = monotonic()
         if pending:
             progress(pending)
-
-    if task.dry_run:
-        for _ in examples():
-            pass
-    else:
-        write_records(task.tmp_path, examples())
+    finally:
+        if writer is not None:
+            writer.close()
     return outcomes
 
 
 PARSE_CHUNK = 256
 MIN_PARALLEL = 400  # below this many images, starting worker processes costs more than it saves
+MIN_PARALLEL_BYTES = 48 * 1024 * 1024  # ... unless they are big: hashing + copying ~50 MB takes ~0.1 s
 
 
 def _parse_chunk(jobs: Sequence[tuple[str, str, str]], progress: Callable[[int], None] | None = None) -> list[Annotation]:
@@ -322,9 +345,23 @@ def _abs_prefix(root: str) -> str:
     return os.path.abspath(root).rstrip(os.sep) + os.sep
 
 
+@functools.lru_cache(maxsize=4096)
+def _abs_dir(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _abs(path: str | Path) -> str:
+    """``os.path.abspath(path)``; for ``folder/name`` strings the folder's part is cached."""
+    if isinstance(path, str) and os.sep == "/" and not path.startswith("//"):
+        d, sep, b = path.rpartition("/")
+        if d and b not in ("", ".", ".."):  # a plain last component: normalising cannot touch it
+            return os.path.join(_abs_dir(d), b)
+    return os.path.abspath(path)
+
+
 def _rel(path: str | Path, root: str | Path) -> str:
     """``path`` relative to ``root`` for messages and record names (lexical: no file system calls)."""
-    p = os.path.abspath(path)
+    p = _abs(path)
     prefix = _abs_prefix(os.fspath(root))
     if p.startswith(prefix):
         return p[len(prefix):].replace(os.sep, "/")
@@ -363,26 +400,40 @@ def plan_dataset(
 ) -> Plan:
     """Read every XML, resolve images, classes, duplicates and splits (no pixels read)."""
     from od.label_map import LabelMap, read_label_map
-    from od.tfexample import source_id_for
+    from od.tfexample import _source_id_of_digest, source_id_for
 
     root = layout.root
-    xmls = list(_iter_xml(layout.annotations_dir))
+    root_s = str(root)
+    # Strings, not Path objects: per-file pathlib calls were a visible share of the run.
+    # Folder-level facts (normalised name, images folder, key prefix) are computed once per folder.
+    xmls: list[str] = []
+    keys: list[str] = []
+    image_dirs: list[str] = []
+    folders: dict[str, tuple[str, str, str]] = {}
+    for dirpath, f in _iter_xml_names(layout.annotations_dir):
+        facts = folders.get(dirpath)
+        if facts is None:
+            d = Path(dirpath)
+            rel = d.relative_to(layout.annotations_dir).as_posix()
+            images = layout.images_dir_for(d / "x.xml")  # the images folder of any XML in d
+            facts = folders[dirpath] = (str(d), str(images), "" if rel == "." else rel + "/")
+        dir_s, images_s, prefix = facts
+        xmls.append(f if dir_s == "." else os.path.join(dir_s, f))  # == str(Path(dirpath) / f)
+        keys.append(prefix + f[:-4])  # == relative_to(annotations).with_suffix("").as_posix()
+        image_dirs.append(images_s)
     jobs = [
-        [(str(x), str(root), str(layout.images_dir_for(x))) for x in xmls[i : i + PARSE_CHUNK]]
+        [(x, root_s, im) for x, im in zip(xmls[i : i + PARSE_CHUNK], image_dirs[i : i + PARSE_CHUNK])]
         for i in range(0, len(xmls), PARSE_CHUNK)
     ]
     pool = pool or Workers(1)
     anns = [a for chunk in pool.map_progress(
         _parse_chunk, jobs, len(xmls), "reading XML", show_progress and len(xmls) >= 2000, leave=False)
         for a in chunk]
-    parsed: list[tuple[Path, str, Annotation]] = []
-    for xml, ann in zip(xmls, anns):
-        key = xml.relative_to(layout.annotations_dir).with_suffix("").as_posix()
-        parsed.append((xml, key, ann))
+    parsed: list[tuple[str, str, Annotation]] = list(zip(xmls, keys, anns))
 
     problems_by_xml: dict[str, list[Problem]] = defaultdict(list)
-    usable: list[tuple[Path, str, Annotation]] = []
-    names: dict[Path, str] = {}
+    usable: list[tuple[str, str, Annotation]] = []
+    names: dict[str, str] = {}
     for xml, key, ann in parsed:
         name = names[xml] = _rel(xml, root)
         problems_by_xml[name].extend(_refile(ann.problems, name))
@@ -390,16 +441,16 @@ def plan_dataset(
             usable.append((xml, key, ann))
 
     # Two XMLs -> one image: keep the XML named like the image (else the first), skip the rest.
-    by_image: dict[str, list[tuple[Path, str, Annotation]]] = defaultdict(list)
+    by_image: dict[str, list[tuple[str, str, Annotation]]] = defaultdict(list)
     for entry in usable:
-        by_image[os.path.normpath(os.path.abspath(entry[2].image_path))].append(entry)
+        by_image[_abs(entry[2].image_path)].append(entry)  # abspath normalises
     keep: set[str] = set()
     for img, entries in by_image.items():
         if len(entries) == 1:
             keep.add(entries[0][1])
             continue
         stem = Path(img).stem
-        winner = next((e for e in entries if e[0].stem == stem), entries[0])
+        winner = next((e for e in entries if Path(e[0]).stem == stem), entries[0])
         keep.add(winner[1])
         for e in entries:
             if e is not winner:
@@ -449,13 +500,14 @@ def plan_dataset(
     unknown_total: Counter = Counter()
     for xml, key, ann in usable:
         name = names[xml]
+        digest = hashlib.sha256(key.encode("utf-8")).digest()  # split, source id and shard order
         if sets:
-            split = assigned.get(Path(key).name) or assigned.get(key)
+            split = assigned.get(key.rsplit("/", 1)[-1]) or assigned.get(key)
             if split is None:
                 not_listed.append(name)
                 continue
         else:
-            split = hash_split(key, val_fraction, test_fraction)
+            split = _split_of_digest(digest, val_fraction, test_fraction)
         boxes: list[Box] = []
         dropped_unknown: Counter = Counter()
         for b in ann.boxes:
@@ -476,7 +528,7 @@ def plan_dataset(
                     DROPPED_BOX,
                 )
             )
-        sid = source_id_for(key)
+        sid = _source_id_of_digest(digest)  # == source_id_for(key)
         bump = 0
         while sid in used_ids:  # rare hash collision: deterministic re-hash
             bump += 1
@@ -495,6 +547,7 @@ def plan_dataset(
                 xml_size=(ann.width, ann.height) if ann.width and ann.height else None,
                 boxes=tuple(boxes),
                 source_id=sid,
+                order=digest,
             )
         )
 
@@ -505,7 +558,7 @@ def plan_dataset(
 
 def _shard_order(items: Sequence[Item]) -> list[Item]:
     """Items of a split in a stable pseudo-random order (mixes classes/sources across shards)."""
-    return sorted(items, key=lambda it: (hashlib.sha256(it.key.encode("utf-8")).digest(), it.key))
+    return sorted(items, key=lambda it: (it.order or hashlib.sha256(it.key.encode("utf-8")).digest(), it.key))
 
 
 def make_shard_tasks(
@@ -542,8 +595,9 @@ class Workers:
     single progress bar counts what workers report through a queue.
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, progress: bool = True):
         self.n = max(1, workers)
+        self._progress = progress  # False (--quiet): workers report nothing, no queue traffic
         self._pool = None
         self._queue = None
 
@@ -554,8 +608,16 @@ class Workers:
             # fork is cheapest (workers inherit the imports), but not once TensorFlow is loaded
             # in this process (its threads do not survive a fork); od itself never loads it here.
             use_fork = "fork" in mp.get_all_start_methods() and "tensorflow" not in sys.modules
+            if use_fork:
+                # Import what the workers run (Pillow, numpy, lxml, crc32c: ~0.1 s) once, here,
+                # so that every forked worker inherits it instead of importing it again.
+                import od.images  # noqa: F401
+                import od.tfexample
+                import od.voc  # noqa: F401
+
+                od.tfexample._crc32c_value()
             ctx = mp.get_context("fork" if use_fork else "spawn")
-            self._queue = ctx.Queue()
+            self._queue = ctx.Queue() if self._progress else None
             self._pool = ProcessPoolExecutor(
                 max_workers=self.n, mp_context=ctx, initializer=_init_worker, initargs=(self._queue,)
             )
@@ -581,14 +643,24 @@ class Workers:
             p.join(timeout=5)
         self._pool = None
 
-    def map_progress(self, fn, jobs: Sequence, total: int, desc: str, show: bool, leave: bool = True) -> list:
-        """``fn(job, progress)`` for every job; in the pool only when there is enough work to pay for it."""
-        from tqdm import tqdm
+    def map_progress(
+        self, fn, jobs: Sequence, total: int, desc: str, show: bool, leave: bool = True, parallel: bool | None = None
+    ) -> list:
+        """``fn(job, progress)`` for every job; in the pool only when there is enough work to pay for it.
 
-        # disable=None: a bar on a terminal, none in logs (CI, pipes); --quiet: never
-        bar = tqdm(total=total, desc=desc, unit="img", disable=None if show else True, dynamic_ncols=True, leave=leave)
+        ``parallel`` overrides the default rule (at least ``MIN_PARALLEL`` images).
+        """
+        if show:
+            from tqdm import tqdm
+
+            # disable=None: a bar on a terminal, none in logs (CI, pipes)
+            bar = tqdm(total=total, desc=desc, unit="img", disable=None, dynamic_ncols=True, leave=leave)
+        else:  # --quiet: no bar, and no tqdm import
+            bar = _NoBar()
         try:
-            if self._pool is None or len(jobs) <= 1 or total < MIN_PARALLEL:
+            if parallel is None:
+                parallel = total >= MIN_PARALLEL
+            if self._pool is None or len(jobs) <= 1 or not parallel:
                 return [fn(j, bar.update) for j in jobs]
             import queue as queue_mod
             from concurrent.futures import FIRST_COMPLETED, wait
@@ -598,7 +670,7 @@ class Workers:
             try:
                 while pending:
                     _, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                    while True:
+                    while self._queue is not None:
                         try:
                             bar.update(self._queue.get_nowait())
                         except queue_mod.Empty:
@@ -612,11 +684,29 @@ class Workers:
             bar.close()
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def run_tasks(
     tasks: Sequence[ShardTask], pool: Workers, total: int, show_progress: bool = True, desc: str = "converting"
 ) -> list[Outcome]:
     """Write (or check) every shard; each worker writes whole shards."""
-    results = pool.map_progress(write_shard, tasks, total, desc, show_progress)
+    parallel = None
+    if pool.n > 1 and len(tasks) > 1 and total < MIN_PARALLEL:  # few images: worth it only if they are big
+        size = 0
+        for t in tasks:
+            for it in t.items:
+                try:
+                    size += os.path.getsize(it.image_path)
+                except OSError:
+                    pass
+        parallel = size >= MIN_PARALLEL_BYTES
+    results = pool.map_progress(write_shard, tasks, total, desc, show_progress, parallel=parallel)
     return [o for r in results for o in r]
 
 
@@ -834,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir if args.data_dir is not None else str(layout.root)
     print(f"od.records: reading {data_dir} (layout: {layout.description})", file=sys.stderr)
     try:
-        with Workers(workers) as pool:
+        with Workers(workers, progress=not args.quiet) as pool:
             return _run(args, layout, data_dir, out, lm_path, val_fraction, pool)
     except KeyboardInterrupt:
         error("interrupted; nothing was written")
