@@ -1,0 +1,506 @@
+"""Pretrained checkpoints: a registry, a verified download cache, safe extraction, fine-tune restore.
+
+Model Garden publishes ImageNet backbones and a few COCO detectors; od names them so a template can
+say ``pretrained_checkpoint: resnet50_imagenet``. Files are fetched over HTTPS into ``~/.cache/od``
+(``OD_CACHE``), checked against a sha256, and archives are unpacked so that no member can land
+outside the cache or link out of it. Offline, the error says exactly which URL to fetch and where
+to put it.
+
+Checksums: where the registry has no published sha256 (Model Garden publishes none), the hash of
+the first download is recorded in ``<cache>/<name>/SHA256SUMS`` and every later use is verified
+against it (trust on first use). Nothing here invents a hash.
+
+    python -m od.checkpoints list
+    python -m od.checkpoints fetch resnet50_imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Sequence
+
+from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table
+
+GCS_HTTPS = "https://storage.googleapis.com/"
+SUMS_FILE = "SHA256SUMS"
+DOWNLOAD_TIMEOUT_S = 60
+CHUNK = 1 << 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, fetched, verified, extracted or restored (message says what to do)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    url: str
+    filename: str
+    sha256: str | None = None  # None: not published; recorded on first download and verified after
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    name: str
+    description: str
+    contents: str  # which parts of a model it can initialise
+    files: tuple[RemoteFile, ...]
+    prefix: str | None = None  # checkpoint prefix inside the folder (None: found with tf.train.latest_checkpoint)
+    source: str = ""  # where the URL is documented
+
+    @property
+    def is_archive(self) -> bool:
+        return len(self.files) == 1 and self.files[0].filename.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def _gcs(path: str) -> str:
+    return GCS_HTTPS + path
+
+
+_MG_DOC = "https://github.com/tensorflow/models/blob/master/official/vision/MODEL_GARDEN.md"
+
+REGISTRY: dict[str, CheckpointSpec] = {
+    s.name: s
+    for s in (
+        CheckpointSpec(
+            name="resnet50_imagenet",
+            description="ResNet-50 ImageNet classifier (Model Garden vision-2.0), 76.1 top-1",
+            contents="backbone (ResNet-50); what fasterrcnn_resnetfpn_coco fine-tunes from",
+            files=tuple(
+                RemoteFile(_gcs(f"cloud-tpu-checkpoints/vision-2.0/resnet50_imagenet/{f}"), f)
+                for f in ("checkpoint", "ckpt-28080.index", "ckpt-28080.data-00000-of-00001")
+            ),
+            prefix="ckpt-28080",
+            source="official/vision/configs/maskrcnn.py (init_checkpoint of fasterrcnn_resnetfpn_coco)",
+        ),
+        CheckpointSpec(
+            name="retinanet_resnet50_fpn_coco",
+            description="RetinaNet ResNet-50 FPN 640x640, COCO 72 epochs, 36.8 box AP",
+            contents="backbone (ResNet-50) + FPN + RetinaNet head (class-independent parts)",
+            files=(RemoteFile(_gcs("tf_model_garden/vision/retinanet/retinanet-resnet50fpn.tar.gz"),
+                              "retinanet-resnet50fpn.tar.gz"),),
+            source=_MG_DOC + " (COCO Object Detection Baselines, RetinaNet)",
+        ),
+        CheckpointSpec(
+            name="retinanet_spinenet49_mobile_coco",
+            description="RetinaNet Mobile SpineNet-49 384x384, COCO, 28.1 box AP",
+            contents="backbone (SpineNet-49 mobile) + RetinaNet head (class-independent parts)",
+            files=(RemoteFile(_gcs("tf_model_garden/vision/retinanet/spinenet49mobile.tar.gz"),
+                              "spinenet49mobile.tar.gz"),),
+            source=_MG_DOC + " (Mobile-size RetinaNet)",
+        ),
+        CheckpointSpec(
+            name="resnet_rs50_i160_imagenet",
+            description="ResNet-RS-50 ImageNet classifier at 160x160, 79.1 top-1",
+            contents="backbone (ResNet-RS-50: resnet model_id 50, stem_type v1, se_ratio 0.25, resnetd_shortcut)",
+            files=(RemoteFile(_gcs("tf_model_garden/vision/resnet-rs/resnet-rs-50-i160.tar.gz"),
+                              "resnet-rs-50-i160.tar.gz"),),
+            source=_MG_DOC + " (ResNet-RS models)",
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------- cache + download
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OD_CACHE") or Path.home() / ".cache" / "od")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_sums(d: Path) -> dict[str, str]:
+    p = d / SUMS_FILE
+    out: dict[str, str] = {}
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                out[parts[1]] = parts[0]
+    return out
+
+
+def _write_sums(d: Path, sums: dict[str, str]) -> None:
+    from od.util import atomic_write_text
+
+    atomic_write_text(d / SUMS_FILE, "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+
+
+def _expected_hash(spec_file: RemoteFile, d: Path) -> str | None:
+    return spec_file.sha256 or _read_sums(d).get(spec_file.filename)
+
+
+def offline_help(spec: CheckpointSpec, missing: Iterable[RemoteFile], reason: str = "") -> str:
+    d = cache_dir() / spec.name
+    lines = [f"cannot download checkpoint {spec.name!r}" + (f" ({reason})" if reason else "") + ".",
+             "Fetch these file(s) on a machine with internet access and put them here:"]
+    for f in missing:
+        lines.append(f"  {f.url}\n    -> {d / f.filename}")
+    lines.append(f"e.g.  mkdir -p {d} && curl -L -o {d}/<file> <url>   (or set OD_CACHE to another cache folder)")
+    lines.append("Then re-run; od verifies the files (and records their sha256 on first use).")
+    return "\n".join(lines)
+
+
+def _download(url: str, target: Path, expected: str | None, progress: bool = True) -> str:
+    """HTTPS (or a local http:// test server) -> temp file -> sha256 check -> rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            bar = None
+            if progress and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
+            for block in iter(lambda: resp.read(CHUNK), b""):
+                out.write(block)
+                h.update(block)
+                if bar is not None:
+                    bar.update(len(block))
+            if bar is not None:
+                bar.close()
+        digest = h.hexdigest()
+        if expected and digest != expected:
+            raise CheckpointError(
+                f"{url}: sha256 mismatch (got {digest}, expected {expected}); the download is corrupt or "
+                f"the file changed upstream. Nothing was kept; delete {target.parent / SUMS_FILE} only if "
+                "you trust the new file."
+            )
+        os.replace(tmp, target)
+        return digest
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def fetch(spec: CheckpointSpec, progress: bool = True) -> Path:
+    """Make sure every file of ``spec`` is in the cache and verified; return the cache folder."""
+    d = cache_dir() / spec.name
+    d.mkdir(parents=True, exist_ok=True)
+    sums = _read_sums(d)
+    missing: list[RemoteFile] = []
+    for f in spec.files:
+        target = d / f.filename
+        expected = _expected_hash(f, d)
+        if target.is_file():
+            got = _sha256(target)
+            if expected and got != expected:
+                raise CheckpointError(
+                    f"{target}: sha256 {got} does not match {expected} "
+                    f"({'registry' if f.sha256 else d / SUMS_FILE}); delete the file to download it again"
+                )
+            if not expected:
+                sums[f.filename] = got  # a file the user placed by hand: record it now
+            continue
+        missing.append(f)
+    for f in list(missing):
+        try:
+            digest = _download(f.url, d / f.filename, _expected_hash(f, d), progress=progress)
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(offline_help(spec, missing, reason=str(getattr(e, "reason", e)))) from e
+        if not f.sha256:
+            sums[f.filename] = digest
+        missing.remove(f)
+    _write_sums(d, sums)
+    return d
+
+
+# --------------------------------------------------------------------------- safe extraction
+
+def _check_member(m: tarfile.TarInfo, root: Path, archive: str) -> None:
+    name = m.name
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith(("/", "\\")) or (p.parts and len(p.parts[0]) == 2 and p.parts[0][1] == ":"):
+        raise CheckpointError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
+    if any(part == ".." for part in p.parts):
+        raise CheckpointError(f"{archive}: member {name!r} escapes the target folder ('..'); refusing to extract")
+    dest = (root / name).resolve()
+    if not _inside(dest, root):
+        raise CheckpointError(f"{archive}: member {name!r} would land outside {root}; refusing to extract")
+    if m.issym() or m.islnk():
+        link = PurePosixPath(m.linkname)
+        if link.is_absolute():
+            raise CheckpointError(f"{archive}: link {name!r} -> {m.linkname!r} points outside; refusing to extract")
+        base = dest.parent if m.issym() else root
+        if not _inside((base / m.linkname).resolve(), root):
+            raise CheckpointError(f"{archive}: link {name!r} -> {m.linkname!r} points outside; refusing to extract")
+    elif not (m.isfile() or m.isdir()):
+        raise CheckpointError(f"{archive}: member {name!r} is a device/fifo; refusing to extract")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    root = root.resolve()
+    return path == root or root in path.parents
+
+
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract a tar(.gz) into ``target`` (created via a temp dir, so it appears whole or not at all).
+
+    Every member is checked before anything is written: no absolute paths, no '..', no links
+    leading outside, no devices. Python's own 'data' filter is applied as a second guard.
+    """
+    archive, target = Path(archive), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tf_:
+            members = tf_.getmembers()
+            for m in members:
+                _check_member(m, tmp, str(archive))
+            kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tf_.extractall(tmp, members=members, **kwargs)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except tarfile.TarError as e:
+        raise CheckpointError(f"{archive}: not a readable tar archive ({e}); delete it to download again") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- resolve
+
+def _is_ckpt_prefix(p: str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(p + ".index")
+
+
+def find_checkpoint(folder: str) -> str | None:
+    """A checkpoint prefix in ``folder`` (its 'checkpoint' file, else the newest *.index anywhere below)."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(folder)
+    if latest:
+        return latest
+    indexes = sorted(Path(folder).rglob("*.index"), key=lambda p: (len(p.parts), str(p))) if "://" not in folder else []
+    return str(indexes[0])[: -len(".index")] if indexes else None
+
+
+def resolve(name_or_path: str, progress: bool = True) -> str:
+    """Registry name or path (local or gs://) -> a checkpoint prefix TF can read."""
+    s = str(name_or_path)
+    if s in REGISTRY:
+        spec = REGISTRY[s]
+        d = fetch(spec, progress=progress)
+        if spec.is_archive:
+            archive = d / spec.files[0].filename
+            out = d / "extracted"
+            stamp = out / ".od-extracted"
+            if not stamp.is_file() or stamp.read_text() != _sha256(archive):
+                safe_extract(archive, out)
+                stamp.write_text(_sha256(archive))
+            found = find_checkpoint(str(out))
+        else:
+            found = str(d / spec.prefix) if spec.prefix else find_checkpoint(str(d))
+        if not found or not _is_ckpt_prefix(found):
+            raise CheckpointError(f"checkpoint {s!r}: no checkpoint (*.index) found in {d}")
+        return found
+    if "://" in s:
+        import tensorflow as tf
+
+        if _is_ckpt_prefix(s):
+            return s
+        if tf.io.gfile.isdir(s):
+            found = find_checkpoint(s)
+            if found:
+                return found
+        raise CheckpointError(f"{s}: no checkpoint there (expected PREFIX.index or a folder with a 'checkpoint' file)")
+    p = Path(s).expanduser()
+    if p.is_dir():
+        found = find_checkpoint(str(p))
+        if found:
+            return found
+        raise CheckpointError(f"{p}: folder has no checkpoint (no 'checkpoint' file or *.index)")
+    if Path(str(p) + ".index").is_file():
+        return str(p)
+    if p.suffix in (".index",) and p.is_file():
+        return str(p)[: -len(".index")]
+    close = difflib.get_close_matches(s, list(REGISTRY), n=3)
+    raise CheckpointError(
+        f"checkpoint {s!r} is neither a registry name nor an existing checkpoint path "
+        f"(PREFIX.index or a folder){'; did you mean ' + ', '.join(close) + '?' if close else ''} "
+        f"Registry: {', '.join(REGISTRY)}"
+    )
+
+
+# --------------------------------------------------------------------------- fine-tune restore
+
+# Parts of each head that do not depend on the number of classes (restored when shapes match);
+# everything else in the head (classifier, class-specific box regressor) keeps its fresh init.
+CLASS_INDEPENDENT = {
+    "detection_head": ("_convs", "_conv_norms", "_fcs", "_fc_norms"),
+    "head": ("_cls_convs", "_cls_norms", "_box_convs", "_box_norms", "_box_regressor"),
+}
+ALL_MODULES = ("backbone", "decoder", "rpn_head", "detection_head", "head")
+
+
+@dataclasses.dataclass
+class RestoreReport:
+    restored: list[str] = dataclasses.field(default_factory=list)
+    not_restored: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (part, why)
+    reinitialised: list[str] = dataclasses.field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"  restored:       {', '.join(self.restored) or 'nothing'}"]
+        for part, why in self.not_restored:
+            out.append(f"  not restored:   {part} ({why})")
+        if self.reinitialised:
+            out.append(f"  re-initialised: {', '.join(self.reinitialised)} (depend on the number of classes)")
+        return out
+
+
+def _parts(model: Any, modules: Sequence[str]) -> list[tuple[str, str, Any, list[str]]]:
+    """(label, checkpoint name, trackable to restore, class-dependent attrs left out) for the model."""
+    import tensorflow as tf
+
+    parts = []
+    for name in ALL_MODULES:
+        if name not in modules:
+            continue
+        obj = getattr(model, name, None)
+        if obj is None:
+            continue
+        if name in CLASS_INDEPENDENT:
+            heads = obj if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListWrapper" else [obj]
+            keep = CLASS_INDEPENDENT[name]
+            proxies = []
+            left_out: list[str] = []
+            for h in heads:
+                attrs = {a: getattr(h, a) for a in keep if getattr(h, a, None) is not None}
+                proxies.append(tf.train.Checkpoint(**attrs))
+                left_out += [a for a in ("_classifier", "_box_regressor") if a not in keep and hasattr(h, a)]
+            target: Any = proxies if isinstance(obj, (list, tuple)) or type(obj).__name__ == "ListWrapper" else proxies[0]
+            parts.append((name, name, target, sorted(set(left_out))))
+        else:
+            parts.append((name, name, obj, []))
+    return parts
+
+
+def _variables(obj: Any) -> list:
+    import tensorflow as tf
+
+    if isinstance(obj, (list, tuple)):
+        return [v for o in obj for v in _variables(o)]
+    if hasattr(obj, "variables") and not isinstance(obj, tf.train.Checkpoint):
+        return list(obj.variables)
+    # A tf.train.Checkpoint proxy: collect from its children.
+    out = []
+    for child in getattr(obj, "_trackable_children", lambda: {})().values():
+        out += _variables(child)
+    return out
+
+
+def restore_for_finetune(
+    model: Any,
+    checkpoint: str,
+    modules: Sequence[str] | str = "all",
+    log: Callable[[str], None] | None = None,
+) -> RestoreReport:
+    """Restore every part of ``model`` the checkpoint has with matching shapes; re-init the rest.
+
+    Each part (backbone, decoder, RPN head, the class-independent layers of the box head) is
+    restored on its own and only if the checkpoint covers all of its variables with the same shapes;
+    a part that does not fit is put back exactly as it was, so a half-restored layer is impossible.
+    """
+    import tensorflow as tf
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    mods = [modules] if isinstance(modules, str) else list(modules)
+    if "all" in mods:
+        mods = list(ALL_MODULES)
+    unknown = [m for m in mods if m not in ALL_MODULES]
+    if unknown:
+        raise CheckpointError(f"unknown init_checkpoint_modules {unknown}; use 'all' or some of {list(ALL_MODULES)}")
+    modules = mods
+    if not (_is_ckpt_prefix(checkpoint) if "://" not in checkpoint else True):
+        raise CheckpointError(f"{checkpoint}: no such checkpoint (expected {checkpoint}.index)")
+    try:
+        tf.train.load_checkpoint(checkpoint)
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        raise CheckpointError(f"{checkpoint}: not a readable TensorFlow checkpoint ({e})") from e
+
+    report = RestoreReport()
+    for label, ckpt_name, target, left_out in _parts(model, modules):
+        variables = _variables(target)
+        if not variables:
+            continue
+        snapshot = [v.numpy() for v in variables]
+        why = None
+        for root in (lambda t: {ckpt_name: t}, lambda t: {"model": tf.train.Checkpoint(**{ckpt_name: t})}):
+            try:
+                status = tf.train.Checkpoint(**root(target)).read(checkpoint)
+                status.expect_partial()
+                status.assert_existing_objects_matched()
+                why = None
+                break
+            except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+                for v, s in zip(variables, snapshot):
+                    v.assign(s)
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                why = ("shapes differ: " + msg[:160]) if ("shape" in msg.lower()) else "not in the checkpoint"
+        if why is None:
+            report.restored.append(f"{label} ({len(variables)} variables)")
+        else:
+            report.not_restored.append((label, why))
+        report.reinitialised += [f"{label}.{a.lstrip('_')}" for a in left_out]
+    log(f"od: fine-tuning from {checkpoint}:")
+    for line in report.lines():
+        log(line)
+    if not report.restored:
+        raise CheckpointError(
+            f"nothing in {checkpoint} matches this model (tried {', '.join(modules)}): it is not a Model "
+            "Garden checkpoint of a compatible architecture (check the backbone type/model_id in the template)"
+        )
+    return report
+
+
+# --------------------------------------------------------------------------- CLI
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m od.checkpoints", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the registry")
+    f = sub.add_parser("fetch", help="download + verify (+ extract) into the cache; print the checkpoint path")
+    f.add_argument("name", help="registry name, or a path to check")
+    args = ap.parse_args(argv)
+    if args.cmd == "list":
+        for spec in REGISTRY.values():
+            sha = "published" if all(x.sha256 for x in spec.files) else "recorded on first download"
+            print(f"{spec.name}\n    {spec.description}\n    initialises: {spec.contents}\n    sha256: {sha}")
+            for f in spec.files:
+                print(f"    {f.url}")
+        print(f"cache: {cache_dir()} (set OD_CACHE to move it)")
+        return EXIT_OK
+    try:
+        print(resolve(args.name))
+    except CheckpointError as e:
+        error(str(e))
+        return EXIT_FAILURES if args.name in REGISTRY else EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""Train a detector from a template and records: Model Garden's train_lib with od's care around it.
+
+What od adds: the strategy chosen from the hardware (and ``runtime.num_gpus`` set so ``mirrored``
+really uses the GPUs), checks before any step runs, resume / extend from the model dir, a progress
+bar fed by the loop's own outputs (no extra device work), NaN/inf stop naming the step, the best
+checkpoint by AP50, and a summary. The run itself is ``official.core.train_lib.run_experiment``.
+
+    python -m od.train --config faster_rcnn_resnet18_fpn_cpu --records data/records
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
+
+# Keys in the model config that may change between runs in one model dir (everything else must match).
+EXTENDABLE = ("trainer.train_steps",)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced NaN/inf; carries the step so the message can name it."""
+
+    def __init__(self, step: int, first_step: int, losses: dict[str, float]):
+        self.step, self.first_step, self.losses = step, first_step, losses
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
+        super().__init__(f"loss is not finite at step {step} (in steps {first_step + 1}..{step}): {bad}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m od.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="template name in pipeline_configs/ or a YAML path")
+    ap.add_argument("--records", default="data/records", help="folder (or gs:// prefix) with the shards + report.json")
+    ap.add_argument("--label-map", default=None, help="label_map.pbtxt (default: the one report.json names)")
+    ap.add_argument("--model-dir", default=None, help="default runs/<config-name>; may be gs://")
+    ap.add_argument("--steps", type=int, default=None, help="total train steps (larger than a finished run extends it)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted Model Garden config key, YAML value (repeatable)")
+    ap.add_argument("--tpu", default=None, help="TPU name/address (Colab: 'local' or leave the grpc address)")
+    ap.add_argument("--mixed-precision", action="store_true", help="bfloat16 on TPU, float16 on GPU")
+    ap.add_argument("--init-checkpoint", default=None,
+                    help="registry name (python -m od.checkpoints list) or checkpoint path; overrides the template")
+    ap.add_argument("--no-eval", action="store_true", help="train only (no in-process validation)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar (a line per validation only)")
+    return ap
+
+
+# --------------------------------------------------------------------------- hardware / strategy
+
+def pick_strategy(params, tpu: str | None, mixed_precision: bool):
+    """Fill params.runtime from the hardware and return the tf.distribute strategy."""
+    import tensorflow as tf
+    from official.common import distribute_utils
+
+    rt: dict[str, Any] = {}
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    workers = tf_config.get("cluster", {}).get("worker", [])
+    gpus = tf.config.list_physical_devices("GPU")
+    if tpu:
+        rt.update(distribution_strategy="tpu", tpu=tpu, num_gpus=0)
+        kind = f"TPU {tpu}"
+    elif len(workers) > 1:
+        rt.update(distribution_strategy="multi_worker_mirrored", num_gpus=len(gpus))
+        kind = f"{len(workers)} workers (TF_CONFIG) x {len(gpus)} GPU"
+    elif len(gpus) > 1:
+        rt.update(distribution_strategy="mirrored", num_gpus=len(gpus))
+        kind = f"{len(gpus)} GPUs (MirroredStrategy)"
+    elif len(gpus) == 1:
+        rt.update(distribution_strategy="one_device", num_gpus=1)
+        kind = "1 GPU"
+    else:
+        rt.update(distribution_strategy="one_device", num_gpus=0)
+        kind = f"CPU ({os.cpu_count()} cores)"
+    if mixed_precision:
+        if tpu:
+            rt["mixed_precision_dtype"] = "bfloat16"
+        elif gpus:
+            rt.update(mixed_precision_dtype="float16", loss_scale="dynamic")
+        else:
+            warn("--mixed-precision ignored on a CPU (float32 is faster there)")
+    dtype = rt.get("mixed_precision_dtype") or params.runtime.mixed_precision_dtype or "float32"
+    if not tpu and not gpus and dtype != "float32":
+        warn(f"runtime.mixed_precision_dtype={dtype} on a CPU is slow; using float32")
+        dtype = "float32"
+        rt["mixed_precision_dtype"] = "float32"
+    over: dict[str, Any] = {"runtime": rt}
+    # The input pipeline produces what the model computes in (bfloat16 only makes sense on TPU).
+    data_dtype = dtype if dtype in ("float16", "bfloat16") else "float32"
+    over["task"] = {"train_data": {"dtype": data_dtype}, "validation_data": {"dtype": data_dtype}}
+    params.override(over, is_strict=True)
+    if params.runtime.worker_hosts or workers:
+        distribute_utils.configure_cluster(params.runtime.worker_hosts, params.runtime.task_index)
+    strategy = distribute_utils.get_distribution_strategy(
+        distribution_strategy=params.runtime.distribution_strategy,
+        all_reduce_alg=params.runtime.all_reduce_alg,
+        num_gpus=params.runtime.num_gpus,
+        tpu_address=params.runtime.tpu,
+    )
+    return strategy, kind
+
+
+# --------------------------------------------------------------------------- model dir
+
+def _join(d: str, name: str) -> str:
+    return f"{d.rstrip('/')}/{name}" if "://" in d else os.path.join(d, name)
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic locally, gfile for gs:// (a bucket object appears whole anyway)."""
+    if "://" in path:
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+    else:
+        from od.util import atomic_write_text
+
+        atomic_write_text(path, text)
+
+
+def latest_step(model_dir: str) -> int:
+    import tensorflow as tf
+
+    ckpt = tf.train.latest_checkpoint(model_dir)
+    if not ckpt:
+        return 0
+    try:
+        return int(ckpt.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def check_model_dir(model_dir: str, params, header: dict) -> dict | None:
+    """The previous run's (params, header) when resuming; error when the dir holds another config."""
+    import tensorflow as tf
+    import yaml
+
+    from od import configs
+
+    hpath = _join(model_dir, configs.HEADER_FILE)
+    if not tf.io.gfile.exists(hpath):
+        if tf.train.latest_checkpoint(model_dir):
+            raise configs.ConfigError(
+                f"{model_dir} has checkpoints but no {configs.HEADER_FILE}: it was not written by od.train; "
+                "use another --model-dir"
+            )
+        return None
+    old_params, old_header = configs.load_model_dir(model_dir)
+    new_model, old_model = params.task.model.as_dict(), old_params.task.model.as_dict()
+    if new_model != old_model or old_header.get("base_experiment") != header.get("base_experiment"):
+        diffs = [k for k in sorted(set(_flat(new_model)) | set(_flat(old_model)))
+                 if _flat(new_model).get(k) != _flat(old_model).get(k)]
+        raise configs.ConfigError(
+            f"{model_dir} belongs to a different config (template {old_header.get('template')!r}; "
+            f"model differs in: {', '.join('task.model.' + d for d in diffs[:6]) or 'base experiment'}). "
+            "Use another --model-dir, or the same --config/--set as that run to resume it."
+        )
+    if old_header.get("classes") and old_header["classes"] != header.get("classes"):
+        raise configs.ConfigError(
+            f"{model_dir} was trained with classes {old_header['classes']} but the label map now has "
+            f"{header.get('classes')}; use another --model-dir (fine-tune from it with --init-checkpoint)"
+        )
+    return {"params": old_params, "header": old_header, "yaml": yaml}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_record_labels(params, num_classes: int, report: dict | None) -> None:
+    """Labels > num_classes crash deep inside the loss (or silently vanish): find them first.
+
+    With od's report.json the label map check in od.configs already covers it; otherwise one quick
+    pass over the label feature only (no image decoding).
+    """
+    if report and report.get("classes"):
+        return
+    import tensorflow as tf
+
+    from od import configs
+
+    files = configs._glob(str(params.task.train_data.input_path)) + configs._glob(
+        str(params.task.validation_data.input_path))
+    ds = tf.data.TFRecordDataset(files).map(
+        lambda s: tf.io.parse_single_example(s, {"image/object/class/label": tf.io.VarLenFeature(tf.int64)}),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    top = 0
+    for ex in ds.map(lambda e: tf.reduce_max(tf.concat([e["image/object/class/label"].values, [0]], 0))):
+        top = max(top, int(ex))
+    if top > num_classes - 1:
+        raise configs.ConfigError(
+            f"the records contain class id {top} but task.model.num_classes={num_classes} allows ids up to "
+            f"{num_classes - 1}; the label map does not match the records (re-run python -m od.records)"
+        )
+
+
+# --------------------------------------------------------------------------- progress
+
+def _cpu() -> float:
+    """CPU seconds used by this process (all threads): on a shared machine, a fairer speed measure."""
+    t = os.times()
+    return t.user + t.system
+
+
+class Progress:
+    """Orbit train action: a bar from the loop's outputs (already computed; costs nothing extra)."""
+
+    LOSS_KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss", "frcnn_box_loss",
+                 "cls_loss", "box_loss", "model_loss")
+
+    def __init__(self, global_step, total: int, start: int, quiet: bool = False):
+        self.global_step = global_step
+        self.total, self.start = total, start
+        self.last_step = start
+        self.t0 = self.t_last = time.monotonic()
+        self.history: list[tuple[int, dict]] = []
+        self.loops: list[tuple[int, float, float]] = []
+        self.quiet = quiet
+        self.bar = None
+        self.train_seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.c_last = _cpu()
+        self.eval_seconds = 0.0
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]{postfix}")
+
+    def __call__(self, output) -> None:
+        step = int(self.global_step.numpy())
+        now = time.monotonic()
+        dt = now - self.t_last
+        self.train_seconds += dt
+        c = _cpu()
+        dc = c - self.c_last
+        self.cpu_seconds += dc
+        vals = {}
+        for k, v in (output or {}).items():
+            try:
+                vals[k] = float(v.numpy() if hasattr(v, "numpy") else v)
+            except (TypeError, ValueError):
+                continue
+        losses = {k: v for k, v in vals.items() if "loss" in k}
+        if any(not math.isfinite(v) for v in losses.values()):
+            raise NonFiniteLoss(step, self.last_step, losses)
+        n = step - self.last_step
+        sps = n / dt if dt > 0 else 0.0
+        self.history.append((step, dict(vals, steps_per_second=sps)))
+        # (steps, wall s, cpu s) per loop; the first loop of a process includes graph tracing.
+        self.loops.append((n, dt, dc))
+        if self.bar is not None:
+            post = {k.replace("_loss", ""): f"{losses[k]:.3f}" for k in self.LOSS_KEYS[:5] if k in losses}
+            if "learning_rate" in vals:
+                post["lr"] = f"{vals['learning_rate']:.2e}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(n)
+        self.last_step = step
+        self.t_last = time.monotonic()
+        self.c_last = _cpu()
+
+    def steady(self) -> tuple[float, float] | None:
+        """(steps/s, CPU s/step) without the first loop (tracing), or None when too short."""
+        loops = self.loops[1:]
+        n = sum(x[0] for x in loops)
+        wall = sum(x[1] for x in loops)
+        cpu = sum(x[2] for x in loops)
+        return (n / wall, cpu / n) if n and wall else None
+
+    def eval_done(self, output) -> dict:
+        step = int(self.global_step.numpy())
+        metrics = {}
+        for k, v in (output or {}).items():
+            try:
+                metrics[k] = float(v.numpy() if hasattr(v, "numpy") else v)
+            except (TypeError, ValueError):
+                continue
+        msg = (f"val @ step {step}: AP50={metrics.get('AP50', float('nan')):.3f} "
+               f"AP={metrics.get('AP', float('nan')):.3f} AR@100={metrics.get('ARmax100', float('nan')):.3f}")
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+        # Evaluation time is not training time: keep steps/s honest.
+        self.t_last = time.monotonic()
+        self.c_last = _cpu()
+        return metrics
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class EvalHook:
+    """Orbit eval action: record metrics and print them as they arrive."""
+
+    def __init__(self, progress: Progress, global_step):
+        self.progress, self.global_step = progress, global_step
+        self.results: list[tuple[int, dict]] = []
+
+    def __call__(self, output) -> None:
+        self.results.append((int(self.global_step.numpy()), self.progress.eval_done(output)))
+
+
+# --------------------------------------------------------------------------- main
+
+def _quiet_logs() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    import orbit.controller
+
+    # Orbit prints every loop's full output dict to stdout; the progress bar shows it instead.
+    orbit.controller._log = absl_logging.info
+
+
+def run(args) -> int:
+    _quiet_logs()
+    from od import configs
+
+    name = Path(args.config).stem
+    model_dir = args.model_dir or str(Path("runs") / name)
+    if not args.model_dir:
+        note_default("model dir", model_dir)
+    sets = list(args.sets)
+    if args.steps is not None:
+        if args.steps <= 0:
+            error("--steps must be > 0")
+            return EXIT_USAGE
+        sets.append(f"trainer.train_steps={args.steps}")
+    if args.init_checkpoint:
+        sets.append(f"od.pretrained_checkpoint={args.init_checkpoint}")
+    try:
+        r = configs.render(args.config, args.records, args.label_map, sets)
+    except configs.ConfigError as e:
+        error(str(e))
+        return EXIT_USAGE
+
+    import tensorflow as tf
+
+    params, header = r.params, r.header
+    try:
+        prev = check_model_dir(model_dir, params, header)
+        steps_set = args.steps is not None or any(s.startswith("trainer.train_steps=") for s in args.sets)
+        if prev is not None and not steps_set:
+            # Resuming without --steps keeps the run's own length (it may have been extended before).
+            old_steps = prev["params"].trainer.train_steps
+            if old_steps != params.trainer.train_steps:
+                r = configs.render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"])
+                params, header = r.params, r.header
+        check_record_labels(params, params.task.model.num_classes, r.report)
+    except configs.ConfigError as e:
+        error(str(e))
+        return EXIT_USAGE
+
+    strategy, hw = pick_strategy(params, args.tpu, args.mixed_precision)
+    if args.no_eval:
+        params.override({"trainer": {"best_checkpoint_export_subdir": ""}}, is_strict=True)
+
+    start = latest_step(model_dir)
+    # Pretrained weights: resolved (downloaded/verified) now, restored only on a fresh model dir.
+    init_path = None
+    ckpt_name = header.get("pretrained_checkpoint")
+    if ckpt_name and start > 0:
+        print(f"od: resuming {model_dir} from step {start}; pretrained checkpoint {ckpt_name} not needed",
+              file=sys.stderr)
+        if prev is not None and prev["params"].task.init_checkpoint:
+            params.override({"task": {"init_checkpoint": prev["params"].task.init_checkpoint}}, is_strict=True)
+    elif ckpt_name:
+        from od import checkpoints
+
+        try:
+            init_path = checkpoints.resolve(ckpt_name)
+        except checkpoints.CheckpointError as e:
+            error(str(e))
+            return EXIT_USAGE
+        params.override({"task": {"init_checkpoint": init_path}}, is_strict=True)
+    params.validate()
+    params.lock()
+
+    total = params.trainer.train_steps
+    if start >= total:
+        print(f"od: {model_dir} already trained to step {start} (train_steps={total}); "
+              f"pass a larger --steps to extend it.", file=sys.stderr)
+        return EXIT_OK
+
+    tf.io.gfile.makedirs(model_dir)
+    write_text(_join(model_dir, configs.PIPELINE_FILE), configs.config_yaml(params))
+    write_text(_join(model_dir, configs.HEADER_FILE), configs.header_yaml(header))
+    from od.label_map import format_label_map
+
+    write_text(_join(model_dir, configs.LABEL_MAP_FILE), format_label_map(r.label_map))
+
+    from official.core import task_factory, train_lib
+    from official.modeling import performance
+
+    if params.runtime.mixed_precision_dtype:
+        performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+
+    print(f"od: training {header['template']} on {hw}: {len(r.label_map)} classes, "
+          f"steps {start}->{total}, batch {params.task.train_data.global_batch_size}, "
+          f"input {params.task.model.input_size[0]}x{params.task.model.input_size[1]}, "
+          f"model dir {model_dir}" + (" (resuming)" if start else ""), file=sys.stderr)
+
+    with strategy.scope():
+        task = task_factory.get_task(params.task, logging_dir=model_dir)
+    if init_path:
+        from od import checkpoints
+
+        modules = header.get("init_checkpoint_modules") or ["backbone", "decoder"]
+
+        def _initialize(model, _path=init_path, _modules=modules):
+            checkpoints.restore_for_finetune(model, _path, modules=_modules)
+
+        task.initialize = _initialize
+
+    mode = "train" if args.no_eval else "train_and_eval"
+    global_step_holder: dict = {}
+
+    class _Step:
+        def numpy(self):
+            return global_step_holder["v"].numpy()
+
+    progress = Progress(_Step(), total, start, quiet=args.quiet)
+    evals = EvalHook(progress, _Step())
+    # The runner builds the trainer; grab its global step for the hooks.
+    runner_cls = train_lib.OrbitExperimentRunner
+
+    t0 = time.monotonic()
+    status = EXIT_OK
+    try:
+        with strategy.scope():
+            runner = runner_cls(
+                distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
+                train_actions=[progress], eval_actions=[evals] if not args.no_eval else [],
+            )
+            global_step_holder["v"] = runner.trainer.global_step
+            progress.last_step = int(runner.trainer.global_step.numpy())
+            restored_from = progress.last_step
+            if restored_from != start:
+                start = restored_from
+            if progress.bar is not None:
+                progress.bar.n = progress.last_step
+                progress.bar.last_print_n = progress.last_step
+            progress.t_last = time.monotonic()
+            progress.c_last = _cpu()
+        runner.run()
+    except NonFiniteLoss as e:
+        progress.close()
+        error(f"{e}. Training stopped; the last good checkpoint is kept in {model_dir}. Check the data "
+              f"report ({_join(args.records, 'report.json')}, `python -m od.inspect`) for bad boxes, "
+              "then lower the learning rate (--set trainer.optimizer_config.learning_rate...) and re-run.")
+        return EXIT_FAILURES
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"\nod: interrupted; re-run the same command to resume from the last checkpoint in {model_dir}",
+              file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+    wall = time.monotonic() - t0
+    summarize(model_dir, progress, evals, start, total, wall)
+    return status
+
+
+def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, total: int, wall: float) -> None:
+    rows: list[list[object]] = []
+    done = (progress.history[-1][0] if progress.history else start) - start
+    sps = done / progress.train_seconds if progress.train_seconds else 0.0
+    rows.append(["steps", f"{start} -> {start + done}"])
+    rows.append(["wall time", f"{wall / 60:.1f} min"])
+    rows.append(["train steps/s (incl. tracing)", f"{sps:.2f}"])
+    steady = progress.steady()
+    if steady:
+        rows.append(["train steps/s (steady)", f"{steady[0]:.2f}"])
+        rows.append(["CPU s/step (all threads)", f"{steady[1]:.2f}"])
+    if progress.history:
+        last = progress.history[-1][1]
+        for k in ("total_loss", "learning_rate"):
+            if k in last:
+                rows.append([f"final {k}", f"{last[k]:.4g}"])
+    if evals.results:
+        step, m = evals.results[-1]
+        rows.append([f"val AP50 @ {step}", f"{m.get('AP50', float('nan')):.3f}"])
+        rows.append([f"val AP @ {step}", f"{m.get('AP', float('nan')):.3f}"])
+        best_step, best = max(evals.results, key=lambda t: t[1].get("AP50", -1))
+        rows.append(["best val AP50", f"{best.get('AP50', float('nan')):.3f} @ step {best_step}"])
+    rows.append(["model dir", model_dir])
+    print_table(["od.train", "value"], rows, file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
