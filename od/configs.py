@@ -152,7 +152,9 @@ def read_report(records_dir: str) -> dict | None:
 
 
 def split_glob(records_dir: str, split: str) -> str:
-    return _join(records_dir, f"{split}-*-of-*.tfrecord")
+    from od.records import shard_pattern
+
+    return _join(records_dir, shard_pattern(split))
 
 
 def resolve_label_map(records_dir: str, label_map: str | None, report: dict | None):

@@ -279,6 +279,19 @@ def voc_class_pr(
 # --------------------------------------------------------------------------------------
 
 
+def _coco_ann(ann_id: int, image_id: int, class_id, box) -> dict:
+    """One COCO annotation from a pixel ``(xmin, ymin, xmax, ymax)`` box."""
+    w, h = float(box[2] - box[0]), float(box[3] - box[1])
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": int(class_id),
+        "bbox": [float(box[0]), float(box[1]), w, h],
+        "area": max(w, 0.0) * max(h, 0.0),
+        "iscrowd": 0,
+    }
+
+
 def _coco_objects(
     ground_truths: Sequence[ImageGroundTruth],
     predictions: Mapping[str, ImagePredictions],
@@ -290,33 +303,12 @@ def _coco_objects(
     for num, gt in enumerate(ground_truths, start=1):
         images.append({"id": num, "width": int(gt.width), "height": int(gt.height), "file_name": gt.image_id})
         for box, cid in zip(gt.boxes, gt.class_ids):
-            w, h = float(box[2] - box[0]), float(box[3] - box[1])
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,
-                    "image_id": num,
-                    "category_id": int(cid),
-                    "bbox": [float(box[0]), float(box[1]), w, h],
-                    "area": max(w, 0.0) * max(h, 0.0),
-                    "iscrowd": 0,
-                }
-            )
+            gt_anns.append(_coco_ann(len(gt_anns) + 1, num, cid, box))
         pred = predictions.get(gt.image_id)
         if pred is None:
             continue
         for box, score, cid in zip(pred.boxes, pred.scores, pred.class_ids):
-            w, h = float(box[2] - box[0]), float(box[3] - box[1])
-            dt_anns.append(
-                {
-                    "id": len(dt_anns) + 1,
-                    "image_id": num,
-                    "category_id": int(cid),
-                    "bbox": [float(box[0]), float(box[1]), w, h],
-                    "area": max(w, 0.0) * max(h, 0.0),
-                    "score": float(score),
-                    "iscrowd": 0,
-                }
-            )
+            dt_anns.append(dict(_coco_ann(len(dt_anns) + 1, num, cid, box), score=float(score)))
     categories = [{"id": int(k), "name": v, "supercategory": "object"} for k, v in classes.items()]
     coco_gt, coco_dt = COCO(), COCO()
     coco_gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
@@ -595,11 +587,13 @@ def find_split_files(records: str, split: str) -> list[str]:
     elif Path(records).is_file():
         files = [records]
     elif Path(records).is_dir():
-        files = sorted(glob.glob(os.path.join(records, f"{split}-*-of-*.tfrecord")))
+        from od.records import shard_pattern
+
+        files = sorted(glob.glob(os.path.join(records, shard_pattern(split))))
         if not files:
             present = sorted(p.name for p in Path(records).iterdir() if p.suffix in (".tfrecord", ".record"))
             raise EvalError(
-                f"no {split} records ({split}-*-of-*.tfrecord) in {records}"
+                f"no {split} records ({shard_pattern(split)}) in {records}"
                 + (f"; found {', '.join(present[:6])}" if present else "")
                 + "; write them with `python -m od.records`, or pass --records FILE_OR_GLOB"
             )

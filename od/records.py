@@ -81,6 +81,15 @@ class Layout:
         return self.images_dir / rel
 
 
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """OD API shard naming (``train-00000-of-00004.tfrecord``); readers glob ``shard_pattern``."""
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def shard_pattern(split: str) -> str:
+    return f"{split}-*-of-*.tfrecord"
+
 def _has_imagesets(year_dir: Path) -> Path | None:
     main = year_dir / "ImageSets" / "Main"
     if any((main / f"{n}.txt").is_file() for n in ("train", "val", "trainval", "test")):
@@ -582,7 +591,7 @@ def make_shard_tasks(
             n = shards
         n = max(1, min(n, len(items)))
         for i in range(n):
-            final = out / f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+            final = out / shard_name(split, i, n)
             tmp = out / f".{final.name}.{pid}.tmp"
             tasks.append(ShardTask(split, str(final), str(tmp), tuple(items[i::n]), name_to_id, dry_run))
     return tasks

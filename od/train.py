@@ -52,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+
+def _scalars(output) -> dict[str, float]:
+    """The scalar entries of a loop's output dict (tensors or numbers) as floats; others skipped."""
+    vals: dict[str, float] = {}
+    for k, v in (output or {}).items():
+        try:
+            vals[k] = float(v.numpy() if hasattr(v, "numpy") else v)
+        except (TypeError, ValueError):
+            continue
+    return vals
+
 # --------------------------------------------------------------------------- hardware / strategy
 
 def pick_strategy(params, tpu: str | None, mixed_precision: bool):
@@ -248,12 +259,7 @@ class Progress:
         c = _cpu()
         dc = c - self.c_last
         self.cpu_seconds += dc
-        vals = {}
-        for k, v in (output or {}).items():
-            try:
-                vals[k] = float(v.numpy() if hasattr(v, "numpy") else v)
-            except (TypeError, ValueError):
-                continue
+        vals = _scalars(output)
         losses = {k: v for k, v in vals.items() if "loss" in k}
         if any(not math.isfinite(v) for v in losses.values()):
             raise NonFiniteLoss(step, self.last_step, losses)
@@ -282,12 +288,7 @@ class Progress:
 
     def eval_done(self, output) -> dict:
         step = int(self.global_step.numpy())
-        metrics = {}
-        for k, v in (output or {}).items():
-            try:
-                metrics[k] = float(v.numpy() if hasattr(v, "numpy") else v)
-            except (TypeError, ValueError):
-                continue
+        metrics = _scalars(output)
         msg = (f"val @ step {step}: AP50={metrics.get('AP50', float('nan')):.3f} "
                f"AP={metrics.get('AP', float('nan')):.3f} AR@100={metrics.get('ARmax100', float('nan')):.3f}")
         if self.bar is not None:
