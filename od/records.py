@@ -19,6 +19,7 @@ is complete; ``report.json`` is written last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -26,9 +27,10 @@ import math
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -216,6 +218,7 @@ class Item:
     boxes: tuple[Box, ...]
     source_id: int
     order: bytes = b""  # sha256 of key (shard order); computed when empty
+    size: int = -1  # bytes of the image file when planned (-1: unknown); sizes shards
 
 
 @dataclass(frozen=True)
@@ -282,24 +285,11 @@ def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> tuple:
     )
 
 
-_progress_queue = None
+def _no_progress(n: int) -> None:
+    pass
 
 
-def _init_worker(queue) -> None:
-    global _progress_queue
-    _progress_queue = queue
-    # Ctrl-C is handled by the parent, which cleans up temp shards.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _queue_progress(n: int) -> None:
-    if _progress_queue is not None:
-        _progress_queue.put(n)
-
-
-def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> list[Outcome]:
+def write_shard(task: ShardTask, progress: Callable[[int], None] = _no_progress) -> list[Outcome]:
     """Convert and write one shard to its temp name (or only check, with ``dry_run``).
 
     Streams: one image is in memory at a time, whatever the shard size.
@@ -308,7 +298,6 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
 
     from od.tfexample import open_record_writer
 
-    progress = progress or _queue_progress
     outcomes: list[Outcome] = []
     writer = None if task.dry_run else open_record_writer(task.tmp_path)
     try:
@@ -335,16 +324,28 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] | None = None) 
     return outcomes
 
 
-PARSE_CHUNK = 256
-MIN_PARALLEL = 400  # below this many images, starting worker processes costs more than it saves
+PARSE_CHUNK = 256  # most XMLs per parsing job (fewer when that leaves workers without jobs)
+MIN_PARALLEL = 100  # below this many images, starting a worker process costs more than it saves
 MIN_PARALLEL_BYTES = 48 * 1024 * 1024  # ... unless they are big: hashing + copying ~50 MB takes ~0.1 s
+CHUNK_MIN_ITEMS = 32  # a shard is split into chunks of at least this many images (see _chunked)
 
 
-def _parse_chunk(jobs: Sequence[tuple[str, str, str]], progress: Callable[[int], None] | None = None) -> list[Annotation]:
+def _parse_chunk(
+    jobs: Sequence[tuple[str, str, str]], progress: Callable[[int], None] = _no_progress
+) -> list[tuple[Annotation, int]]:
+    """Annotations and their image's size in bytes (-1 when unknown), read in a worker."""
     from od.voc import parse_voc
 
-    progress = progress or _queue_progress
-    out = [parse_voc(x, root, images) for x, root, images in jobs]
+    out = []
+    for x, root, images in jobs:
+        ann = parse_voc(x, root, images)
+        size = -1
+        if ann.image_path is not None:
+            try:
+                size = os.stat(ann.image_path).st_size
+            except OSError:
+                pass
+        out.append((ann, size))
     progress(len(jobs))
     return out
 
@@ -364,7 +365,8 @@ def _abs(path: str | Path) -> str:
     if isinstance(path, str) and os.sep == "/" and not path.startswith("//"):
         d, sep, b = path.rpartition("/")
         if d and b not in ("", ".", ".."):  # a plain last component: normalising cannot touch it
-            return os.path.join(_abs_dir(d), b)
+            a = _abs_dir(d)
+            return a + "/" + b if a != "/" else "/" + b  # == os.path.join(a, b)
     return os.path.abspath(path)
 
 
@@ -414,68 +416,78 @@ def plan_dataset(
     root = layout.root
     root_s = str(root)
     # Strings, not Path objects: per-file pathlib calls were a visible share of the run.
-    # Folder-level facts (normalised name, images folder, key prefix) are computed once per folder.
+    # Folder-level facts (normalised name, images folder, key and report-name prefixes) are
+    # computed once per folder; per file only string concatenation is left.
     xmls: list[str] = []
     keys: list[str] = []
+    xml_names: list[str] = []  # report name of each XML (== _rel(xml, root))
     image_dirs: list[str] = []
-    folders: dict[str, tuple[str, str, str]] = {}
+    folders: dict[str, tuple[str, str, str, str]] = {}
     for dirpath, f in _iter_xml_names(layout.annotations_dir):
         facts = folders.get(dirpath)
         if facts is None:
             d = Path(dirpath)
             rel = d.relative_to(layout.annotations_dir).as_posix()
             images = layout.images_dir_for(d / "x.xml")  # the images folder of any XML in d
-            facts = folders[dirpath] = (str(d), str(images), "" if rel == "." else rel + "/")
-        dir_s, images_s, prefix = facts
+            dir_s = str(d)
+            probe = _rel("x.xml" if dir_s == "." else os.path.join(dir_s, "x.xml"), root)
+            facts = folders[dirpath] = (dir_s, str(images), "" if rel == "." else rel + "/", probe[:-5])
+        dir_s, images_s, prefix, name_prefix = facts
         xmls.append(f if dir_s == "." else os.path.join(dir_s, f))  # == str(Path(dirpath) / f)
         keys.append(prefix + f[:-4])  # == relative_to(annotations).with_suffix("").as_posix()
+        xml_names.append(name_prefix + f)
         image_dirs.append(images_s)
-    jobs = [
-        [(x, root_s, im) for x, im in zip(xmls[i : i + PARSE_CHUNK], image_dirs[i : i + PARSE_CHUNK])]
-        for i in range(0, len(xmls), PARSE_CHUNK)
-    ]
     pool = pool or Workers(1)
-    anns = [a for chunk in pool.map_progress(
-        _parse_chunk, jobs, len(xmls), "reading XML", show_progress and len(xmls) >= 2000, leave=False)
+    # Small jobs when there are few XMLs, so every worker gets some (4+ per worker balances well).
+    chunk = max(16, min(PARSE_CHUNK, math.ceil(len(xmls) / (4 * pool.n))))
+    jobs = [
+        [(x, root_s, im) for x, im in zip(xmls[i : i + chunk], image_dirs[i : i + chunk])]
+        for i in range(0, len(xmls), chunk)
+    ]
+    parsed = [a for chunk in pool.map_progress(
+        _parse_chunk, jobs, len(xmls), "reading XML", show_progress and len(xmls) >= 2000, leave=False, ahead=2)
         for a in chunk]
-    parsed: list[tuple[str, str, Annotation]] = list(zip(xmls, keys, anns))
 
-    problems_by_xml: dict[str, list[Problem]] = defaultdict(list)
-    usable: list[tuple[str, str, Annotation]] = []
-    names: dict[str, str] = {}
-    for xml, key, ann in parsed:
-        name = names[xml] = _rel(xml, root)
-        problems_by_xml[name].extend(_refile(ann.problems, name))
-        if ann.image_path is not None:
-            usable.append((xml, key, ann))
+    # Per XML (listing order): report name, key, annotation; problems only where there are some.
+    problems_by_xml: dict[str, list[Problem]] = {}
+    # (report name, key, annotation, absolute image path, image bytes)
+    usable: list[tuple[str, str, Annotation, str, int]] = []
+    by_image: dict[str, tuple[str, str, Annotation, str, int]] = {}
+    clashes: dict[str, list[tuple[str, str, Annotation, str, int]]] = {}  # image -> every XML pointing at it
+    for name, key, (ann, size) in zip(xml_names, keys, parsed):
+        if ann.problems:
+            problems_by_xml[name] = list(_refile(ann.problems, name))
+        if ann.image_path is None:
+            continue
+        img = _abs(ann.image_path)  # abspath normalises
+        entry = (name, key, ann, img, size)
+        usable.append(entry)
+        first = by_image.setdefault(img, entry)
+        if first is not entry:
+            clashes.setdefault(img, [first]).append(entry)
 
     # Two XMLs -> one image: keep the XML named like the image (else the first), skip the rest.
-    by_image: dict[str, list[tuple[str, str, Annotation]]] = defaultdict(list)
-    for entry in usable:
-        by_image[_abs(entry[2].image_path)].append(entry)  # abspath normalises
-    keep: set[str] = set()
-    for img, entries in by_image.items():
-        if len(entries) == 1:
-            keep.add(entries[0][1])
-            continue
-        stem = Path(img).stem
-        winner = next((e for e in entries if Path(e[0]).stem == stem), entries[0])
-        keep.add(winner[1])
-        for e in entries:
-            if e is not winner:
-                name = names[e[0]]
-                problems_by_xml[name].append(
-                    Problem(
-                        name,
-                        f"points at the same image {_rel(img, root)} as {names[winner[0]]}; "
-                        "only one annotation per image is used",
-                        SKIPPED_IMAGE,
+    if clashes:
+        dropped: set[str] = set()
+        for img, entries in clashes.items():
+            stem = Path(img).stem
+            winner = next((e for e in entries if Path(e[0]).stem == stem), entries[0])
+            for e in entries:
+                if e is not winner:
+                    dropped.add(e[1])
+                    problems_by_xml.setdefault(e[0], []).append(
+                        Problem(
+                            e[0],
+                            f"points at the same image {_rel(img, root)} as {winner[0]}; "
+                            "only one annotation per image is used",
+                            SKIPPED_IMAGE,
+                        )
                     )
-                )
-    usable = [e for e in usable if e[1] in keep]
+        kept_keys = {e[1] for e in usable if e[1] not in dropped}
+        usable = [e for e in usable if e[1] in kept_keys]
 
     # Label map: honour an existing one; otherwise create it from the classes found.
-    found = sorted({b.name for _, _, ann in usable for b in ann.boxes})
+    found = sorted({b.name for _, _, ann, _, _ in usable for b in ann.boxes})
     added: list[str] = []
     if label_map_path.exists():
         lm = read_label_map(label_map_path)
@@ -507,9 +519,12 @@ def plan_dataset(
     used_ids: set[int] = set()
     difficult_skipped = 0
     unknown_total: Counter = Counter()
-    for xml, key, ann in usable:
-        name = names[xml]
-        digest = hashlib.sha256(key.encode("utf-8")).digest()  # split, source id and shard order
+    root_prefix = _abs_prefix(root_s)
+    images_prefix = _abs_prefix(str(layout.images_dir)) if layout.images_dir else root_prefix
+    names_in_lm = set(lm.names)
+    sha256 = hashlib.sha256
+    for name, key, ann, img, size in usable:
+        digest = sha256(key.encode("utf-8")).digest()  # split, source id and shard order
         if sets:
             split = assigned.get(key.rsplit("/", 1)[-1]) or assigned.get(key)
             if split is None:
@@ -517,52 +532,70 @@ def plan_dataset(
                 continue
         else:
             split = _split_of_digest(digest, val_fraction, test_fraction)
-        boxes: list[Box] = []
-        dropped_unknown: Counter = Counter()
-        for b in ann.boxes:
-            if b.name not in lm:
-                dropped_unknown[b.name] += 1
-                continue
-            if skip_difficult and b.difficult:
-                difficult_skipped += 1
-                continue
-            boxes.append(b)
-        for cls, n in sorted(dropped_unknown.items()):
-            unknown_total[cls] += n
-            problems_by_xml[name].append(
-                Problem(
-                    name,
-                    f"class {cls!r} is not in the label map {label_map_path}; {n} box{'es' if n > 1 else ''} "
-                    "dropped (pass --add-classes to add it)",
-                    DROPPED_BOX,
+        boxes = ann.boxes
+        if not skip_difficult and all(b.name in names_in_lm for b in boxes):
+            pass  # the usual case: every box is kept
+        else:
+            kept: list[Box] = []
+            dropped_unknown: Counter = Counter()
+            for b in boxes:
+                if b.name not in names_in_lm:
+                    dropped_unknown[b.name] += 1
+                    continue
+                if skip_difficult and b.difficult:
+                    difficult_skipped += 1
+                    continue
+                kept.append(b)
+            boxes = tuple(kept)
+            for cls, n in sorted(dropped_unknown.items()):
+                unknown_total[cls] += n
+                problems_by_xml.setdefault(name, []).append(
+                    Problem(
+                        name,
+                        f"class {cls!r} is not in the label map {label_map_path}; {n} box{'es' if n > 1 else ''} "
+                        "dropped (pass --add-classes to add it)",
+                        DROPPED_BOX,
+                    )
                 )
-            )
         sid = _source_id_of_digest(digest)  # == source_id_for(key)
         bump = 0
         while sid in used_ids:  # rare hash collision: deterministic re-hash
             bump += 1
             sid = source_id_for(f"{key}#{bump}")
         used_ids.add(sid)
-        image_name = _rel(ann.image_path, layout.images_dir) if layout.images_dir else _rel(ann.image_path, root)
+        path = ann.image_path
+        # == _rel(path, images folder or root) and _rel(path, root), from the absolute path found above
+        report = img[len(root_prefix):].replace(os.sep, "/") if img.startswith(root_prefix) else path
+        image_name = img[len(images_prefix):].replace(os.sep, "/") if img.startswith(images_prefix) else path
         items.append(
             Item(
                 index=len(items),
                 key=key,
                 split=split,
                 xml_name=name,
-                image_path=str(ann.image_path),
+                image_path=path,
                 image_name=image_name,
-                image_report=_rel(ann.image_path, root),
+                image_report=report,
                 xml_size=(ann.width, ann.height) if ann.width and ann.height else None,
-                boxes=tuple(boxes),
+                boxes=boxes,
                 source_id=sid,
                 order=digest,
+                size=size,
             )
         )
 
-    problems = [p for xml, _, _ in parsed for p in problems_by_xml.get(names[xml], [])]
+    problems = [p for name in xml_names for p in problems_by_xml.get(name, ())]
     return Plan(layout, items, problems, lm, status, added, len(xmls), difficult_skipped, not_listed, split_src,
                 dict(sorted(unknown_total.items())))
+
+
+def _image_size(item: Item) -> int:
+    if item.size >= 0:
+        return item.size
+    try:
+        return os.path.getsize(item.image_path)
+    except OSError:
+        return 0
 
 
 def _shard_order(items: Sequence[Item]) -> list[Item]:
@@ -580,13 +613,7 @@ def make_shard_tasks(
         if not items:
             continue
         if shards is None:
-            total = 0
-            for it in items:
-                try:
-                    total += os.path.getsize(it.image_path)
-                except OSError:
-                    pass
-            n = max(1, math.ceil(total / TARGET_SHARD_BYTES))
+            n = max(1, math.ceil(sum(_image_size(it) for it in items) / TARGET_SHARD_BYTES))
         else:
             n = shards
         n = max(1, min(n, len(items)))
@@ -597,67 +624,125 @@ def make_shard_tasks(
     return tasks
 
 
-class Workers:
-    """A process pool shared by XML parsing and shard writing (or in-process when 1 worker).
+class WorkerError(RuntimeError):
+    """A worker process failed or died; the message says which job and why."""
 
-    ``map_progress`` runs ``fn`` over ``jobs`` and returns results in job order while a
-    single progress bar counts what workers report through a queue.
+
+def _child_main(conn, progress: bool) -> None:
+    """A worker process: run ``(job id, fn, job)`` messages until told to stop (None or EOF)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it cleans up temp shards
+
+    def report(n: int) -> None:
+        if progress:
+            conn.send(("progress", None, n))
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        jid, fn, job = msg
+        try:
+            result = fn(job, report)
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent
+            import traceback
+
+            conn.send(("error", jid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            continue
+        conn.send(("done", jid, result))
+
+
+class _Child:
+    """One worker process and its end of a duplex pipe."""
+
+    def __init__(self, ctx, progress: bool):
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_child_main, args=(child_conn, progress), daemon=True)
+        self.proc.start()
+        child_conn.close()
+        self.outstanding: list[int] = []  # job ids sent and not answered yet, in order
+
+
+class Workers:
+    """Runs jobs in this process *and* ``workers - 1`` child processes.
+
+    The parent works too instead of waiting: on a 2-core machine one child plus the parent
+    use both cores with a single fork (~3 ms), and only the child's share of jobs and
+    results is pickled. Children are plain processes on pipes (no executor machinery); they
+    and the parent take jobs from one queue. ``map_progress`` returns results in job order
+    whoever ran them, so output never depends on the number of workers.
     """
 
     def __init__(self, workers: int, progress: bool = True):
         self.n = max(1, workers)
-        self._progress = progress  # False (--quiet): workers report nothing, no queue traffic
-        self._pool = None
-        self._queue = None
+        self._progress = progress  # False (--quiet): children send no progress messages
+        self._children: list[_Child] = []
 
     def __enter__(self) -> "Workers":
-        if self.n > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            # fork is cheapest (workers inherit the imports), but not once TensorFlow is loaded
-            # in this process (its threads do not survive a fork); od itself never loads it here.
-            use_fork = "fork" in mp.get_all_start_methods() and "tensorflow" not in sys.modules
-            if use_fork:
-                # Import what the workers run (Pillow, numpy, lxml, crc32c: ~0.1 s) once, here,
-                # so that every forked worker inherits it instead of importing it again.
-                import od.images  # noqa: F401
-                import od.tfexample
-                import od.voc  # noqa: F401
-
-                od.tfexample._crc32c_value()
-            ctx = mp.get_context("fork" if use_fork else "spawn")
-            self._queue = ctx.Queue() if self._progress else None
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.n, mp_context=ctx, initializer=_init_worker, initargs=(self._queue,)
-            )
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.terminate()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            return
+        for c in self._children:
+            try:
+                c.conn.send(None)
+            except OSError:
+                pass
+        for c in self._children:
+            c.proc.join(timeout=10)
+            if c.proc.is_alive():
+                c.proc.terminate()
+            c.conn.close()
+        self._children = []
+
+    def _start(self) -> None:
+        if self._children or self.n <= 1:
+            return
+        # fork is cheapest (children inherit the imports), but not once TensorFlow is loaded
+        # in this process (its threads do not survive a fork); od itself never loads it here.
+        use_fork = "fork" in mp.get_all_start_methods() and "tensorflow" not in sys.modules
+        if use_fork:
+            # Import what the jobs use (Pillow, lxml, crc32c) once, here, so that every forked
+            # child inherits it instead of importing it again.
+            import od.images  # noqa: F401
+            import od.tfexample
+            import od.voc  # noqa: F401
+
+            od.tfexample._crc32c_value()
+            # Objects that exist now are left out of the garbage collector's scans, in here
+            # and in the children: a collection in a child would otherwise touch (and so
+            # copy-on-write) every page of memory it shares with the parent.
+            import gc
+
+            gc.freeze()
+        ctx = mp.get_context("fork" if use_fork else "spawn")
+        self._children = [_Child(ctx, self._progress) for _ in range(self.n - 1)]
 
     def terminate(self) -> None:
-        """Stop the workers now (Ctrl-C, errors): a half-written shard is worthless anyway."""
-        if self._pool is None:
-            return
-        procs = list(getattr(self._pool, "_processes", {}).values())
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
-        self._pool = None
+        """Stop the children now (Ctrl-C, errors): a half-written shard is worthless anyway."""
+        for c in self._children:
+            if c.proc.is_alive():
+                c.proc.terminate()
+        for c in self._children:
+            c.proc.join(timeout=5)
+            c.conn.close()
+        self._children = []
 
     def map_progress(
-        self, fn, jobs: Sequence, total: int, desc: str, show: bool, leave: bool = True, parallel: bool | None = None
+        self, fn, jobs: Sequence, total: int, desc: str, show: bool, leave: bool = True, parallel: bool | None = None,
+        ahead: int = 1,
     ) -> list:
-        """``fn(job, progress)`` for every job; in the pool only when there is enough work to pay for it.
+        """``fn(job, progress)`` for every job, results in order of ``jobs``; children help when there is enough work.
 
-        ``parallel`` overrides the default rule (at least ``MIN_PARALLEL`` images).
+        ``parallel`` overrides the default rule (at least ``MIN_PARALLEL`` images). ``ahead``
+        jobs are queued per child: 2 for many small jobs, 1 when jobs are big and few
+        (one child must not hoard two shards while the parent has nothing left).
         """
         if show:
             from tqdm import tqdm
@@ -669,28 +754,94 @@ class Workers:
         try:
             if parallel is None:
                 parallel = total >= MIN_PARALLEL
-            if self._pool is None or len(jobs) <= 1 or not parallel:
+            if self.n <= 1 or len(jobs) <= 1 or not parallel:
                 return [fn(j, bar.update) for j in jobs]
-            import queue as queue_mod
-            from concurrent.futures import FIRST_COMPLETED, wait
-
-            futures = [self._pool.submit(fn, j) for j in jobs]
-            pending = set(futures)
-            try:
-                while pending:
-                    _, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                    while self._queue is not None:
-                        try:
-                            bar.update(self._queue.get_nowait())
-                        except queue_mod.Empty:
-                            break
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
+            self._start()
+            return self._run(fn, jobs, bar, ahead)
         finally:
             bar.close()
+
+    def _run(self, fn, jobs: Sequence, bar, ahead: int) -> list:
+        """Children and the parent take jobs from one queue until it is empty.
+
+        A feeder thread hands each child its next job the moment it answers, so a child
+        never waits for the parent to finish one of its own jobs.
+        """
+        import threading
+        from multiprocessing.connection import wait
+
+        results: list = [None] * len(jobs)
+        lock = threading.Lock()
+        state = {"next": 0}
+        failures: list[BaseException] = []
+
+        def take() -> int | None:
+            with lock:
+                i = state["next"]
+                if i >= len(jobs):
+                    return None
+                state["next"] = i + 1
+                return i
+
+        def update(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        def give(c: _Child) -> None:
+            i = take()
+            if i is not None:
+                c.conn.send((i, fn, jobs[i]))
+                c.outstanding.append(i)
+
+        def feeder() -> None:
+            by_conn = {c.conn: c for c in self._children}
+            try:
+                for _ in range(ahead):
+                    for c in self._children:
+                        give(c)
+                while True:
+                    busy = [c.conn for c in self._children if c.outstanding]
+                    if not busy:
+                        return
+                    for conn in wait(busy):
+                        c = by_conn[conn]
+                        try:
+                            kind, jid, payload = conn.recv()
+                        except (EOFError, OSError):
+                            raise WorkerError(
+                                f"a worker process (pid {c.proc.pid}) died (exit code {c.proc.exitcode})"
+                            ) from None
+                        if kind == "progress":
+                            update(payload)
+                            continue
+                        c.outstanding.remove(jid)
+                        if kind == "error":
+                            raise WorkerError(f"a worker failed:\n{payload}")
+                        results[jid] = payload
+                        give(c)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the parent's thread
+                with lock:
+                    state["next"] = len(jobs)  # no more jobs for anyone
+                failures.append(e)
+
+        # The feeder needs the GIL to answer a child quickly while this thread converts.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 0.0005))
+        thread = threading.Thread(target=feeder, name="od-records-feeder", daemon=True)
+        thread.start()
+        try:
+            while (i := take()) is not None:
+                results[i] = fn(jobs[i], update)
+        except BaseException:
+            with lock:
+                state["next"] = len(jobs)
+            raise
+        finally:
+            sys.setswitchinterval(switch)
+        thread.join()
+        if failures:
+            raise failures[0]
+        return results
 
 
 class _NoBar:
@@ -701,22 +852,106 @@ class _NoBar:
         pass
 
 
+def _makespan(sizes: Sequence[int], workers: int) -> int:
+    """Finish time when ``workers`` take jobs biggest first, each the next one when free."""
+    import heapq
+
+    loads = [0] * workers
+    for s in sorted(sizes, reverse=True):
+        heapq.heappush(loads, heapq.heappop(loads) + s)
+    return max(loads)
+
+
+def _chunked(tasks: Sequence[ShardTask], workers: int) -> list[tuple[int, ShardTask]]:
+    """Split shards only where workers would otherwise wait (e.g. one big train shard).
+
+    Whole shards are kept when they already share out evenly. Otherwise the shards, one
+    after the other, are cut into ``workers`` equal runs of images, so a shard crossing a
+    cut is written as consecutive chunks, each to its own part file (``tmp_path`` + ``-k``);
+    ``_join_parts`` puts them back together in order, byte-identical to a shard written
+    whole. Few cuts, because joining copies every part but the first. Returns
+    ``(shard number, task)`` pairs in shard order.
+    """
+    sizes = [len(t.items) for t in tasks]
+    total = sum(sizes)
+    if workers <= 1 or total == 0 or _makespan(sizes, workers) <= 1.05 * total / workers + CHUNK_MIN_ITEMS:
+        return list(enumerate(tasks))
+    cuts = sorted({round(total * k / workers) for k in range(1, workers)})
+    out: list[tuple[int, ShardTask]] = []
+    start = 0
+    for s, t in enumerate(tasks):
+        n = len(t.items)
+        inner = [c - start for c in cuts if start + CHUNK_MIN_ITEMS <= c <= start + n - CHUNK_MIN_ITEMS]
+        start += n
+        if not inner:
+            out.append((s, t))
+            continue
+        bounds = [0, *inner, n]
+        for k in range(len(bounds) - 1):
+            part = replace(t, tmp_path=f"{t.tmp_path[:-4]}-{k}.tmp", items=t.items[bounds[k] : bounds[k + 1]])
+            out.append((s, part))
+    return out
+
+
+def _join_parts(dest: str, parts: Sequence[str]) -> None:
+    """``dest`` = the part files one after the other (the first is renamed, the rest appended)."""
+    os.replace(parts[0], dest)
+    if len(parts) == 1:
+        return
+    with open(dest, "ab") as out:
+        for p in parts[1:]:
+            with open(p, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                done = 0
+                try:  # in the kernel (no copy through Python; a reflink on filesystems that can)
+                    while done < size:
+                        n = os.copy_file_range(src.fileno(), out.fileno(), size - done)
+                        if n == 0:
+                            break
+                        done += n
+                except (AttributeError, OSError):
+                    done = 0
+                if done < size:  # not supported here (other OS, some file systems): plain copy
+                    out.seek(0, os.SEEK_END)
+                    out.truncate(out.tell() - done)
+                    src.seek(0)
+                    shutil.copyfileobj(src, out, 1 << 20)
+            os.unlink(p)
+
+
 def run_tasks(
     tasks: Sequence[ShardTask], pool: Workers, total: int, show_progress: bool = True, desc: str = "converting"
 ) -> list[Outcome]:
-    """Write (or check) every shard; each worker writes whole shards."""
+    """Write (or check) every shard, split into chunks that every worker helps with.
+
+    Each shard ends up at its ``tmp_path``; on failure no part file is left behind.
+    """
     parallel = None
-    if pool.n > 1 and len(tasks) > 1 and total < MIN_PARALLEL:  # few images: worth it only if they are big
-        size = 0
-        for t in tasks:
-            for it in t.items:
-                try:
-                    size += os.path.getsize(it.image_path)
-                except OSError:
-                    pass
-        parallel = size >= MIN_PARALLEL_BYTES
-    results = pool.map_progress(write_shard, tasks, total, desc, show_progress, parallel=parallel)
-    return [o for r in results for o in r]
+    if pool.n > 1 and total < MIN_PARALLEL:  # few images: worth it only if they are big
+        parallel = sum(_image_size(it) for t in tasks for it in t.items) >= MIN_PARALLEL_BYTES
+    if parallel is False or total < 2:
+        chunks = list(enumerate(tasks))
+    else:
+        chunks = _chunked(tasks, pool.n)
+    # Biggest chunks first, so that no worker is left with a big one at the end.
+    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i][1].items))
+    try:
+        results = pool.map_progress(
+            write_shard, [chunks[i][1] for i in order], total, desc, show_progress, parallel=parallel
+        )
+        by_chunk = dict(zip(order, results))
+        if not all(t.dry_run for t in tasks):
+            for s, t in enumerate(tasks):
+                parts = [c.tmp_path for k, c in chunks if k == s]
+                if parts != [t.tmp_path]:
+                    _join_parts(t.tmp_path, parts)
+    except BaseException:
+        pool.terminate()  # stop workers before removing the part files they write
+        for _, c in chunks:
+            with contextlib.suppress(OSError):
+                os.unlink(c.tmp_path)
+        raise
+    return [o for i in range(len(chunks)) for o in by_chunk[i]]
 
 
 # --------------------------------------------------------------------------- report

@@ -469,6 +469,95 @@ def test_interrupted_run_leaves_no_finished_looking_shard(tmp_path, monkeypatch)
     assert sum(sp["num_images"] for sp in rep["splits"].values()) == 20
 
 
+def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
+    """Workers split a lone train shard into chunks and join them: same bytes as one process."""
+    ds = tmp_path / "ds"
+    demo.generate(ds, 60, seed=4)
+    lm = tmp_path / "lm.pbtxt"
+    args = [str(ds), "--label-map", str(lm)]
+    assert _convert([*args, "--out", str(tmp_path / "one")])[0] == 0
+    script = (
+        "import sys, os; from od import records\n"
+        "records.MIN_PARALLEL = 0  # use the worker even for this small set\n"
+        "records.CHUNK_MIN_ITEMS = 4  # and split shards of a few images\n"
+        "real = records.write_shard\n"
+        "def spy(task, progress=records._no_progress):\n"
+        "    print('CHUNK', os.getpid(), task.tmp_path.rsplit('.', 2)[-2], len(task.items), flush=True)\n"
+        "    return real(task, progress)\n"
+        "records.write_shard = spy\n"
+        f"rc = records.main({[*args, '--out', str(tmp_path / 'two'), '--workers', '3', '--quiet']!r})\n"
+        "print('RC', rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "RC 0" in res.stdout, res.stdout + res.stderr
+    chunks = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("CHUNK")]
+    assert len({c[1] for c in chunks}) == 3  # the parent and both children wrote chunks
+    assert any("-" in c[2] for c in chunks)  # a shard was written in parts
+    one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").iterdir())}
+    two = {p.name: p.read_bytes() for p in sorted((tmp_path / "two").iterdir())}
+    assert sorted(one) == sorted(two) == ["report.json", "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]
+    assert one == two
+
+
+def test_chunking_only_where_workers_would_wait(tmp_path):
+    def task(split, n):
+        items = tuple(
+            records.Item(i, f"k{i}", split, "x.xml", "x.jpg", "x.jpg", "x.jpg", None, (), i + 1) for i in range(n)
+        )
+        return records.ShardTask(split, f"/o/{split}", f"/o/.{split}.1.tmp", items, {})
+
+    even = [task("train", 400), task("train", 400), task("val", 100), task("val", 100)]
+    assert records._chunked(even, 2) == list(enumerate(even))  # whole shards already share out evenly
+    lone = [task("train", 800), task("val", 200)]
+    parts = records._chunked(lone, 2)
+    assert [(s, len(t.items)) for s, t in parts] == [(0, 500), (0, 300), (1, 200)]
+    assert [t.tmp_path for _, t in parts] == ["/o/.train.1-0.tmp", "/o/.train.1-1.tmp", "/o/.val.1.tmp"]
+    assert [it for _, t in parts[:2] for it in t.items] == list(lone[0].items)  # in order, nothing lost
+    assert records._chunked(lone, 1) == list(enumerate(lone))
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_join_parts_with_and_without_copy_file_range(tmp_path, monkeypatch, kernel_copy):
+    if not kernel_copy or not hasattr(os, "copy_file_range"):
+        def unsupported(*a, **k):
+            raise OSError(95, "Operation not supported")
+
+        monkeypatch.setattr(os, "copy_file_range", unsupported, raising=False)
+    blobs = [os.urandom(n) for n in (1000, 70_000, 5, 3_000_000)]
+    parts = []
+    for k, b in enumerate(blobs):
+        (tmp_path / f"p{k}").write_bytes(b)
+        parts.append(str(tmp_path / f"p{k}"))
+    records._join_parts(str(tmp_path / "shard"), parts)
+    assert (tmp_path / "shard").read_bytes() == b"".join(blobs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard"]
+
+
+def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
+    ds = tmp_path / "ds"
+    demo.generate(ds, 40, seed=6)
+    out = tmp_path / "rec"
+    script = (
+        "import os; from od import records\n"
+        "records.MIN_PARALLEL = 0\n"
+        "records.CHUNK_MIN_ITEMS = 4\n"
+        "parent = os.getpid()\n"
+        "real = records._convert_item\n"
+        "def boom(item, name_to_id):\n"
+        "    if os.getpid() != parent:\n"
+        "        raise RuntimeError('disk on fire')\n"
+        "    return real(item, name_to_id)\n"
+        "records._convert_item = boom\n"
+        "try:\n"
+        f"    records.main({[str(ds), '--out', str(out), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2', '--quiet']!r})\n"
+        "except records.WorkerError as e:\n"
+        "    print('WORKER-ERROR', 'disk on fire' in str(e))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "WORKER-ERROR True" in res.stdout, res.stdout + res.stderr
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- real data
 
 
