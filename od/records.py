@@ -32,7 +32,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
 from od.util import (
@@ -203,9 +203,12 @@ def read_imagesets(main_dir: Path) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- planning
 
 
-@dataclass(frozen=True)
-class Item:
-    """One image to convert (metadata only; pixels are read by the worker)."""
+class Item(NamedTuple):
+    """One image to convert (metadata only; pixels are read by the worker).
+
+    A NamedTuple, not a dataclass: one is made per image and half of them are pickled to a
+    worker, and tuples are several times cheaper at both.
+    """
 
     index: int
     key: str
@@ -231,8 +234,9 @@ class ShardTask:
     dry_run: bool = False
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What became of one image (a NamedTuple for the same reason as ``Item``)."""
+
     index: int
     converted: bool
     width: int = 0
@@ -244,11 +248,28 @@ class Outcome:
     kept_boxes: int = 0
 
 
+_hot_functions: tuple | None = None
+
+
+def _hot() -> tuple:
+    """``(prepare_image, apply_box_rules, encode_example_parts)``, imported on first use.
+
+    Not at module level: ``od.records --help`` must not load Pillow; not per image either
+    (an import statement costs a lookup through the import system every time).
+    """
+    global _hot_functions
+    if _hot_functions is None:
+        from od.images import prepare_image
+        from od.tfexample import encode_example_parts
+        from od.voc import apply_box_rules
+
+        _hot_functions = (prepare_image, apply_box_rules, encode_example_parts)
+    return _hot_functions
+
+
 def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
     """Prepare one image and encode its Example as ``(prefix, image bytes, suffix)`` parts."""
-    from od.images import prepare_image
-    from od.voc import apply_box_rules
-
+    prepare_image, apply_box_rules, _ = _hot()
     prep = prepare_image(item.image_path, item.xml_size, item.image_report)
     if prep.data is None:
         return Outcome(item.index, False, problems=prep.problems), None
@@ -258,9 +279,7 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
     except ValueError as e:  # e.g. a class name or file name that is not valid UTF-8 text
         problem = Problem(item.image_report, f"cannot encode the Example: {e}", SKIPPED_IMAGE)
         return Outcome(item.index, False, problems=prep.problems + box_problems + (problem,)), None
-    counts: dict[str, int] = {}
-    for b in boxes:
-        counts[b.name] = counts.get(b.name, 0) + 1
+    counts = Counter(b.name for b in boxes) if len(boxes) > 1 else {boxes[0].name: 1} if boxes else {}
     return (
         Outcome(
             item.index, True, prep.width, prep.height, prep.fast_path, not prep.fast_path,
@@ -271,9 +290,7 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
 
 
 def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> tuple:
-    from od.tfexample import encode_example_parts
-
-    return encode_example_parts(
+    return _hot()[2](
         image_bytes=prep.data,
         image_format="jpeg",
         width=prep.width,
