@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -44,10 +46,39 @@ class PreparedImage:
     problems: tuple[Problem, ...]
 
 
+_O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
+
+def _canonical(path: str | os.PathLike) -> str:
+    """``str(Path(path))``, without building a Path when ``path`` is already in that form."""
+    if (
+        os.name == "posix" and isinstance(path, str) and path and path != "." and "//" not in path
+        and "/./" not in path and not path.startswith("./") and not path.endswith(("/", "/."))
+    ):
+        return path
+    return str(Path(path))
+
+
 def _read(path: str | os.PathLike) -> bytes:
-    p = Path(path)
+    """The whole file (``Path(path).read_bytes()``), with raw ``os`` calls.
+
+    A buffered file object costs as much as reading a small image; one ``read`` of the
+    ``fstat`` size + 1 gets a regular file whole and shows its end (a short read).
+    """
+    p = _canonical(path)
     try:
-        data = p.read_bytes()
+        fd = os.open(p, _O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            ask = st.st_size + 1
+            data = os.read(fd, ask)
+            if len(data) == ask or not stat.S_ISREG(st.st_mode):  # larger than fstat said: read to the end
+                chunks = [data]
+                while chunks[-1]:
+                    chunks.append(os.read(fd, max(ask, 1 << 16)))
+                data = b"".join(chunks)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ImageError(f"{p}: image file not found") from None
     except IsADirectoryError:
@@ -130,8 +161,7 @@ def _encode_jpeg(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-@dataclass(frozen=True)
-class _JpegHeader:
+class _JpegHeader(NamedTuple):
     """What the JPEG markers before the first scan say (no pixels decoded)."""
 
     sof: int  # SOF marker (0xC0 baseline, 0xC1 extended, 0xC2 progressive, ...)
@@ -141,6 +171,21 @@ class _JpegHeader:
     components: int
     orientation: int | None  # raw EXIF orientation value, None when absent
     orientation_at: tuple[int, int, str] | None  # (byte offset of the value, TIFF type, endian) for patching
+
+
+# What the byte after 0xFF means to the header walk (a table: one lookup per marker).
+_SEGMENT, _SOF, _APP1, _FILL, _STANDALONE, _STOP = range(6)  # kinds >= _FILL have no length
+_kinds = bytearray(256)  # _SEGMENT: a length-prefixed segment to step over (tables, APPn, COM)
+_kinds[0xFF] = _FILL
+for _m in (*range(0xD0, 0xD8), 0x01):  # RSTn, TEM
+    _kinds[_m] = _STANDALONE
+for _m in (0xDA, 0xD9):  # start of scan / end of image
+    _kinds[_m] = _STOP
+for _m in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+    _kinds[_m] = _SOF
+_kinds[0xE1] = _APP1
+_MARKER_KIND = bytes(_kinds)
+del _kinds, _m
 
 
 def _exif_orientation(data: bytes, seg: int, seg_end: int) -> tuple[int, tuple[int, int, str]] | None:
@@ -173,29 +218,26 @@ def _jpeg_header(data: bytes) -> _JpegHeader | None:
     i, n = 2, len(data)
     sof = None
     orient: tuple[int, tuple[int, int, str]] | None = None
+    kinds = _MARKER_KIND
     try:
         while i + 4 <= n:
             if data[i] != 0xFF:
                 return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
+            kind = kinds[data[i + 1]]
+            if kind >= _FILL:
+                if kind == _STOP:
+                    break
+                i += 1 if kind == _FILL else 2
                 continue
-            if 0xD0 <= marker <= 0xD7 or marker == 0x01:
-                i += 2
-                continue
-            if marker in (0xDA, 0xD9):  # start of scan / end of image
-                break
-            (seg_len,) = struct.unpack(">H", data[i + 2 : i + 4])
-            seg, seg_end = i + 4, i + 2 + seg_len
-            if seg_len < 2 or seg_end > n:
+            seg_end = i + 2 + (data[i + 2] << 8 | data[i + 3])
+            if seg_end < i + 4 or seg_end > n:  # length < 2, or past the end
                 return None
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if kind == _SOF:
                 if sof is None:
-                    prec, h, w, comps = struct.unpack(">BHHB", data[seg : seg + 6])
-                    sof = (marker, prec, w, h, comps)
-            elif marker == 0xE1 and orient is None and data[seg : seg + 6] == b"Exif\x00\x00":
-                orient = _exif_orientation(data, seg, seg_end)
+                    prec, h, w, comps = struct.unpack(">BHHB", data[i + 4 : i + 10])
+                    sof = (data[i + 1], prec, w, h, comps)
+            elif kind == _APP1 and orient is None and data[i + 4 : i + 10] == b"Exif\x00\x00":
+                orient = _exif_orientation(data, i + 4, seg_end)
             i = seg_end
     except struct.error:
         return None
@@ -245,7 +287,15 @@ def _fast_jpeg(data: bytes) -> _JpegHeader | None:
 
 def _jpeg_complete(data: bytes) -> bool:
     """Cheap truncation check: a whole JPEG ends with the EOI marker (padding allowed)."""
-    return data.rstrip(b"\x00\r\n \t")[-2:] == b"\xff\xd9"
+    return data.endswith(b"\xff\xd9") or data.rstrip(b"\x00\r\n \t")[-2:] == b"\xff\xd9"
+
+
+def _xml_size(xml_size) -> tuple[int, ...] | None:
+    """The XML's size as ints, None when it has none (absent or a zero)."""
+    if type(xml_size) is tuple and len(xml_size) == 2:  # the usual (width, height)
+        w, h = xml_size
+        return (int(w), int(h)) if w and h else None
+    return tuple(int(v) for v in xml_size) if xml_size and all(xml_size) else None
 
 
 def prepare_image(
@@ -258,101 +308,109 @@ def prepare_image(
     returned width/height are those of the stored JPEG.
     """
     problems: list[Problem] = []
+    try:
+        data = _read(path)
+        xs = _xml_size(xml_size)
+        fast = _fast_jpeg(data)
+        if fast is not None:  # the common case: store the file as it is
+            w, h = fast.width, fast.height
+            if xs is not None and xs != (w, h):
+                problems.append(Problem(
+                    report_name, f"XML <size> {xs[0]}x{xs[1]} differs from the real image {w}x{h}; using the real size",
+                    FIXED,
+                ))
+            return PreparedImage(data, w, h, True, tuple(problems))
+        return _prepare_with_pillow(data, path, xs, report_name, problems)
+    except ImageError as e:
+        msg = str(e)
+        prefix = f"{path}: "
+        problems.append(Problem(report_name, msg[len(prefix):] if msg.startswith(prefix) else msg, SKIPPED_IMAGE))
+    except MemoryError:
+        problems.append(Problem(report_name, "image too large to convert (out of memory)", SKIPPED_IMAGE))
+    except Exception as e:  # a crafted/corrupt file can make Pillow raise anything: skip it, keep the batch
+        problems.append(Problem(report_name, f"unreadable image ({type(e).__name__}: {e})", SKIPPED_IMAGE))
+    return PreparedImage(None, 0, 0, False, tuple(problems))
+
+
+def _prepare_with_pillow(
+    data: bytes, path: str | os.PathLike, xs: tuple[int, ...] | None, report_name: str, problems: list[Problem]
+) -> PreparedImage:
+    """``prepare_image`` for everything but a plain JPEG: Pillow decides (notes go into ``problems``)."""
 
     def note(msg: str, action: str = FIXED) -> None:
         problems.append(Problem(report_name, msg, action))
 
-    try:
-        data = _read(path)
-        xs = tuple(int(v) for v in xml_size) if xml_size and all(xml_size) else None
-        fast = _fast_jpeg(data)
-        if fast is not None:  # the common case: store the file as it is
-            if xs is not None and xs != (fast.width, fast.height):
-                note(f"XML <size> {xs[0]}x{xs[1]} differs from the real image {fast.width}x{fast.height}; "
-                     "using the real size")
-            return PreparedImage(data, fast.width, fast.height, True, tuple(problems))
-        im = _open(data, path)
-        raw_w, raw_h = im.size
-        if raw_w <= 0 or raw_h <= 0:
-            raise ImageError(f"{path}: image has no pixels ({raw_w}x{raw_h})")
-        fmt = im.format or "unknown"
-        orientation, raw_orient = _orientation(im)
-        if raw_orient is not None and raw_orient != orientation:
-            note(f"invalid EXIF orientation {raw_orient!r} treated as 1 (no rotation)")
+    im = _open(data, path)
+    raw_w, raw_h = im.size
+    if raw_w <= 0 or raw_h <= 0:
+        raise ImageError(f"{path}: image has no pixels ({raw_w}x{raw_h})")
+    fmt = im.format or "unknown"
+    orientation, raw_orient = _orientation(im)
+    if raw_orient is not None and raw_orient != orientation:
+        note(f"invalid EXIF orientation {raw_orient!r} treated as 1 (no rotation)")
 
-        rotate = False
-        if orientation != 1:
-            disp = (raw_h, raw_w) if orientation in _ROTATED_90 else (raw_w, raw_h)
-            if xs is not None and xs == disp and xs != (raw_w, raw_h):
-                rotate = True
-                note(f"EXIF orientation {orientation}: XML size {xs[0]}x{xs[1]} matches the rotated image; "
-                     "pixels rotated and re-encoded")
-            elif xs is not None and xs == (raw_w, raw_h) and xs != disp:
-                note(f"EXIF orientation {orientation}: XML size {xs[0]}x{xs[1]} matches the raw pixels; "
-                     "kept them and dropped the orientation tag")
-            else:
-                rotate = True
-                why = ("the XML has no <size>" if xs is None else
-                       f"XML size {xs[0]}x{xs[1]} fits both frames" if xs == disp else
-                       f"XML size {xs[0]}x{xs[1]} matches neither {raw_w}x{raw_h} nor {disp[0]}x{disp[1]}")
-                note(f"EXIF orientation {orientation}: {why}; assumed the boxes were drawn on the image "
-                     "as viewers show it (rotated); pixels rotated and re-encoded")
-
-        plain_jpeg = fmt == "JPEG" and im.mode == "RGB"
-        uncommon = False
-        if plain_jpeg:
-            hdr = _jpeg_header(data)
-            if hdr is None or hdr.sof not in (0xC0, 0xC1, 0xC2) or hdr.precision != 8:
-                # e.g. arithmetic-coded or 12-bit: not every decoder (TF's included) reads these
-                what = f"SOF 0x{hdr.sof:02X}, {hdr.precision}-bit" if hdr else "unusual markers"
-                note(f"JPEG with an uncommon encoding ({what}) re-encoded as a baseline JPEG")
-                plain_jpeg = False
-                uncommon = True
-        if plain_jpeg and not rotate:
-            stored = data
-            fast = True
-            if not _jpeg_complete(data):
-                _load_pixels(im, path)  # raises for a truncated file; trailing junk is fine
-                fast = False
-            if raw_orient is not None and raw_orient != 1:
-                patched = _set_jpeg_orientation_1(data)
-                if patched is None:  # tag not where we can patch it: re-encode the pixels instead
-                    _load_pixels(im, path)
-                    stored = _encode_jpeg(im)
-                else:
-                    stored = patched
-                fast = False
-            width, height = raw_w, raw_h
+    rotate = False
+    if orientation != 1:
+        disp = (raw_h, raw_w) if orientation in _ROTATED_90 else (raw_w, raw_h)
+        if xs is not None and xs == disp and xs != (raw_w, raw_h):
+            rotate = True
+            note(f"EXIF orientation {orientation}: XML size {xs[0]}x{xs[1]} matches the rotated image; "
+                 "pixels rotated and re-encoded")
+        elif xs is not None and xs == (raw_w, raw_h) and xs != disp:
+            note(f"EXIF orientation {orientation}: XML size {xs[0]}x{xs[1]} matches the raw pixels; "
+                 "kept them and dropped the orientation tag")
         else:
-            _load_pixels(im, path)
-            if getattr(im, "n_frames", 1) > 1:
-                note(f"{fmt} has {im.n_frames} frames; the first one is used")
-            src_mode = im.mode
-            if rotate:
-                im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
-            if not plain_jpeg and not uncommon:
-                kind = _KIND.get(src_mode, src_mode)
-                what = f"{kind} {fmt}" if src_mode != "RGB" else fmt
-                note(f"{what} image (mode {src_mode}) converted to RGB JPEG (quality {JPEG_QUALITY})")
-            stored = _encode_jpeg(rgb)
-            width, height = rgb.size
-            fast = False
+            rotate = True
+            why = ("the XML has no <size>" if xs is None else
+                   f"XML size {xs[0]}x{xs[1]} fits both frames" if xs == disp else
+                   f"XML size {xs[0]}x{xs[1]} matches neither {raw_w}x{raw_h} nor {disp[0]}x{disp[1]}")
+            note(f"EXIF orientation {orientation}: {why}; assumed the boxes were drawn on the image "
+                 "as viewers show it (rotated); pixels rotated and re-encoded")
 
-        if xs is not None and xs != (width, height) and orientation == 1:
-            note(f"XML <size> {xs[0]}x{xs[1]} differs from the real image {width}x{height}; using the real size")
-        return PreparedImage(stored, width, height, fast, tuple(problems))
-    except ImageError as e:
-        msg = str(e)
-        prefix = f"{path}: "
-        note(msg[len(prefix):] if msg.startswith(prefix) else msg, SKIPPED_IMAGE)
-        return PreparedImage(None, 0, 0, False, tuple(problems))
-    except MemoryError:
-        note("image too large to convert (out of memory)", SKIPPED_IMAGE)
-        return PreparedImage(None, 0, 0, False, tuple(problems))
-    except Exception as e:  # a crafted/corrupt file can make Pillow raise anything: skip it, keep the batch
-        note(f"unreadable image ({type(e).__name__}: {e})", SKIPPED_IMAGE)
-        return PreparedImage(None, 0, 0, False, tuple(problems))
+    plain_jpeg = fmt == "JPEG" and im.mode == "RGB"
+    uncommon = False
+    if plain_jpeg:
+        hdr = _jpeg_header(data)
+        if hdr is None or hdr.sof not in (0xC0, 0xC1, 0xC2) or hdr.precision != 8:
+            # e.g. arithmetic-coded or 12-bit: not every decoder (TF's included) reads these
+            what = f"SOF 0x{hdr.sof:02X}, {hdr.precision}-bit" if hdr else "unusual markers"
+            note(f"JPEG with an uncommon encoding ({what}) re-encoded as a baseline JPEG")
+            plain_jpeg = False
+            uncommon = True
+    if plain_jpeg and not rotate:
+        stored = data
+        fast = True
+        if not _jpeg_complete(data):
+            _load_pixels(im, path)  # raises for a truncated file; trailing junk is fine
+            fast = False
+        if raw_orient is not None and raw_orient != 1:
+            patched = _set_jpeg_orientation_1(data)
+            if patched is None:  # tag not where we can patch it: re-encode the pixels instead
+                _load_pixels(im, path)
+                stored = _encode_jpeg(im)
+            else:
+                stored = patched
+            fast = False
+        width, height = raw_w, raw_h
+    else:
+        _load_pixels(im, path)
+        if getattr(im, "n_frames", 1) > 1:
+            note(f"{fmt} has {im.n_frames} frames; the first one is used")
+        src_mode = im.mode
+        if rotate:
+            im = ImageOps.exif_transpose(im)
+        rgb = _to_rgb(im)
+        if not plain_jpeg and not uncommon:
+            kind = _KIND.get(src_mode, src_mode)
+            what = f"{kind} {fmt}" if src_mode != "RGB" else fmt
+            note(f"{what} image (mode {src_mode}) converted to RGB JPEG (quality {JPEG_QUALITY})")
+        stored = _encode_jpeg(rgb)
+        width, height = rgb.size
+        fast = False
+
+    if xs is not None and xs != (width, height) and orientation == 1:
+        note(f"XML <size> {xs[0]}x{xs[1]} differs from the real image {width}x{height}; using the real size")
+    return PreparedImage(stored, width, height, fast, tuple(problems))
 
 
 def open_image_rgb(path: str | os.PathLike) -> Image.Image:

@@ -147,6 +147,10 @@ def _varint(n: int) -> bytes:
     """Unsigned LEB128 (negative int64 as its 64-bit two's complement, like protobuf)."""
     if 0 <= n < 128:
         return _BYTE[n]
+    if 0 < n < 0x200000:  # lengths of up to 2 MB: no loop
+        if n < 0x4000:
+            return bytes((n & 0x7F | 0x80, n >> 7))
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
     n &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while n > 0x7F:
@@ -238,35 +242,108 @@ _EMPTY_OBJECTS = b"".join(
 )
 
 
-def encode_example_parts(
-    *,
-    image_bytes,
-    image_format: str,
-    width: int,
-    height: int,
-    filename: str,
-    source_id: int,
-    boxes: Sequence[Box],
-    class_ids: Sequence[int],
-    sha256_hex: bytes | None = None,
-) -> tuple[bytes, object, bytes]:
-    """``(prefix, image_bytes, suffix)`` whose concatenation is ``encode_example(...)``.
+@functools.lru_cache(maxsize=1024)
+def _packed_heads(n: int) -> tuple[bytes, ...]:
+    """Entry bytes before the packed values of the per-object keys, for ``n`` boxes.
 
-    Lets a writer put the (possibly multi-MB) image on disk straight from the buffer
-    it was read into, with no concatenated copy. ``image_bytes`` may be any bytes-like
-    object; ``sha256_hex`` (hex digest as ASCII bytes) saves hashing it again.
+    Floats take 4 bytes each and 0/1 flags (and labels below 128) one, so all the framing
+    of these entries depends on ``n`` alone: computed once per box count. Order: area,
+    xmax, xmin, ymax, ymin, label, difficult, is_crowd (whole entry: all zeros), truncated.
     """
-    if len(boxes) != len(class_ids):
-        raise ValueError(f"{filename}: {len(boxes)} boxes but {len(class_ids)} class ids")
-    if width <= 0 or height <= 0:
-        raise ValueError(f"{filename}: image size {width}x{height} is not positive")
-    if isinstance(source_id, bool) or int(source_id) < 0:
-        raise ValueError(f"{filename}: source_id must be a non-negative integer, got {source_id!r}")
-    if sha256_hex is None:
-        sha256_hex = hashlib.sha256(image_bytes).hexdigest().encode("ascii")
 
-    fname, fmt = _b(filename), _b(image_format.lower())
-    sid = str(int(source_id)).encode("ascii")
+    def head(key_head: bytes, list_tag: bytes, packed_len: int) -> bytes:
+        lp = _varint(packed_len)
+        feat_head = list_tag + _varint(1 + len(lp) + packed_len) + b"\x0a" + lp
+        lf = len(feat_head) + packed_len
+        vf = _varint(lf)
+        return b"\x0a" + _varint(len(key_head) + len(vf) + lf) + key_head + vf + feat_head
+
+    floats = tuple(head(k, b"\x12", 4 * n) for k in (_H_AREA, _H_XMAX, _H_XMIN, _H_YMAX, _H_YMIN))
+    label, difficult, truncated = (head(k, b"\x1a", n) for k in (_H_LABEL, _H_DIFFICULT, _H_TRUNCATED))
+    return (*floats, label, difficult, head(_H_IS_CROWD, b"\x1a", n) + bytes(n), truncated)
+
+
+_PIECES: dict = {}  # str/bytes -> its BytesList value bytes (class names and poses repeat)
+
+
+def _value_piece(v) -> bytes:
+    """One BytesList value: tag, length, UTF-8 bytes (remembered for the first few thousand values)."""
+    b = _b(v)
+    piece = b"\x0a" + _varint(len(b)) + b
+    if len(_PIECES) < 4096:
+        _PIECES[v] = piece
+    return piece
+
+
+def _entry(out: list, head: bytes, feat: bytes) -> None:
+    """Append one map entry (see ``_entry_pieces``) to ``out``."""
+    lf = len(feat)
+    ne = len(head) + 1 + lf
+    if ne < 128:
+        out.append(b"\x0a%c%b%c" % (ne, head, lf))
+        out.append(feat)
+    else:
+        out += _entry_pieces(head, feat)
+
+
+def _bytes_entry(head: bytes, v: bytes) -> bytes:
+    """The map entry of a BytesList feature holding the one value ``v``."""
+    n = len(v)
+    ne = len(head) + n + 5
+    if ne < 128:  # every length fits one byte
+        return b"\x0a%c%b%c\x0a%c\x0a%c%b" % (ne, head, n + 4, n + 2, n, v)
+    return b"".join(_entry_pieces(head, _one_bytes_feature(v)))
+
+
+def _int_entry(head: bytes, v: int) -> bytes:
+    """The map entry of an Int64List feature holding the one value ``v``."""
+    p = _varint(v)
+    n = len(p)
+    return b"\x0a%c%b%c\x1a%c\x0a%c%b" % (len(head) + n + 5, head, n + 4, n + 2, n, p)
+
+
+def _common_objects(out: list, boxes: Sequence[Box], class_ids: Sequence[int], w: float, h: float) -> None:
+    """Append the 11 per-object entries, computed in one pass over the boxes.
+
+    The values and bytes are those of the general code in ``_suffix`` (same operations,
+    fewer steps); any exception sends the caller back to that code, which raises it in
+    its documented order.
+    """
+    n = len(boxes)
+    areas, xmaxs, xmins, ymaxs, ymins, flags, trunc, texts, views = [], [], [], [], [], [], [], [], []
+    piece = _PIECES.get
+    for b in boxes:
+        x0, y0, x1, y1 = b.xmin, b.ymin, b.xmax, b.ymax
+        # Box.area, inline (a subclass may define its own)
+        areas.append(float(max(0.0, x1 - x0) * max(0.0, y1 - y0) if type(b) is Box else b.area))
+        xmaxs.append(x1 / w)
+        xmins.append(x0 / w)
+        ymaxs.append(y1 / h)
+        ymins.append(y0 / h)
+        flags.append(1 if b.difficult else 0)
+        trunc.append(1 if b.truncated else 0)
+        name, pose = b.name, b.pose or "Unspecified"
+        texts.append(piece(name) or _value_piece(name))
+        views.append(piece(pose) or _value_piece(pose))
+    labels = [int(c) for c in class_ids]
+    packed = _packed_floats(areas + xmaxs + xmins + ymaxs + ymins)
+    heads = _packed_heads(n)
+    m = 4 * n
+    out += (heads[0], packed[:m], heads[1], packed[m : 2 * m], heads[2], packed[2 * m : 3 * m],
+            heads[3], packed[3 * m : 4 * m], heads[4], packed[4 * m :])
+    if min(labels) >= 0 and max(labels) < 128:
+        out += (heads[5], bytes(labels))
+    else:
+        _entry(out, _H_LABEL, _int64_feature(labels))
+    body = b"".join(texts)
+    _entry(out, _H_TEXT, b"\x0a" + _varint(len(body)) + body)
+    out += (heads[6], bytes(flags), heads[7], heads[8], bytes(trunc))
+    body = b"".join(views)
+    _entry(out, _H_VIEW, b"\x0a" + _varint(len(body)) + body)
+
+
+def _suffix(fname: bytes, fmt: bytes, height, sha256_hex, boxes, class_ids, sid: bytes, width) -> bytes:
+    """Every map entry after image/encoded (the general code: any input, errors in a fixed order)."""
     feats = [
         (_H_FILENAME, _one_bytes_feature(fname)),
         (_H_FORMAT, _one_bytes_feature(fmt)),
@@ -306,9 +383,59 @@ def encode_example_parts(
         add(_EMPTY_OBJECTS)
     for head, feat in ((_H_SOURCE_ID, _one_bytes_feature(sid)), (_H_WIDTH, _int64_feature([int(width)]))):
         pieces.extend(_entry_pieces(head, feat))
-    suffix = b"".join(pieces)
+    return b"".join(pieces)
 
-    n_img = memoryview(image_bytes).nbytes
+
+def _common_suffix(fname: bytes, fmt: bytes, height, sha256_hex, boxes, class_ids, sid: bytes, width) -> bytes:
+    """``_suffix`` for the usual inputs, with fewer steps (same bytes; see ``_common_objects``)."""
+    out = [
+        _bytes_entry(_H_FILENAME, fname), _bytes_entry(_H_FORMAT, fmt), _int_entry(_H_HEIGHT, int(height)),
+        _bytes_entry(_H_SHA256, sha256_hex),
+    ]
+    if boxes:
+        _common_objects(out, boxes, class_ids, float(width), float(height))
+    else:
+        out.append(_EMPTY_OBJECTS)
+    out.append(_bytes_entry(_H_SOURCE_ID, sid))
+    out.append(_int_entry(_H_WIDTH, int(width)))
+    return b"".join(out)
+
+
+def encode_example_parts(
+    *,
+    image_bytes,
+    image_format: str,
+    width: int,
+    height: int,
+    filename: str,
+    source_id: int,
+    boxes: Sequence[Box],
+    class_ids: Sequence[int],
+    sha256_hex: bytes | None = None,
+) -> tuple[bytes, object, bytes]:
+    """``(prefix, image_bytes, suffix)`` whose concatenation is ``encode_example(...)``.
+
+    Lets a writer put the (possibly multi-MB) image on disk straight from the buffer
+    it was read into, with no concatenated copy. ``image_bytes`` may be any bytes-like
+    object; ``sha256_hex`` (hex digest as ASCII bytes) saves hashing it again.
+    """
+    if len(boxes) != len(class_ids):
+        raise ValueError(f"{filename}: {len(boxes)} boxes but {len(class_ids)} class ids")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{filename}: image size {width}x{height} is not positive")
+    if isinstance(source_id, bool) or int(source_id) < 0:
+        raise ValueError(f"{filename}: source_id must be a non-negative integer, got {source_id!r}")
+    if sha256_hex is None:
+        sha256_hex = hashlib.sha256(image_bytes).hexdigest().encode("ascii")
+
+    fname, fmt = _b(filename), _b(image_format.lower())
+    sid = str(int(source_id)).encode("ascii")
+    try:
+        suffix = _common_suffix(fname, fmt, height, sha256_hex, boxes, class_ids, sid, width)
+    except Exception:  # unusual input: the general code gives the same bytes or raises in its order
+        suffix = _suffix(fname, fmt, height, sha256_hex, boxes, class_ids, sid, width)
+
+    n_img = len(image_bytes) if type(image_bytes) is bytes else memoryview(image_bytes).nbytes
     v_img = _varint(n_img)
     n_list = 1 + len(v_img) + n_img  # BytesList{value: image}
     v_list = _varint(n_list)
@@ -569,19 +696,22 @@ class RecordWriter:
             parts = (record,)
             crc = self._value(record)
             n = len(record)
+            size = memoryview(record).nbytes if type(record) is memoryview else n
         else:
             parts = record
             crc, n = 0, 0
             extend = self._extend
             for p in parts:
                 crc = extend(crc, p)
-                n += memoryview(p).nbytes
-        header = struct.pack("<Q", n)
+                n += len(p) if type(p) is bytes else memoryview(p).nbytes
+            size = n
+        header = _U64(n)
+        c = self._value(header)
         pending = self._pending
-        pending.append(header + struct.pack("<I", _mask(self._value(header))))
+        pending.append(header + _U32((((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF))  # _mask, inline
         pending.extend(parts)
-        pending.append(struct.pack("<I", _mask(crc)))
-        self._pending_bytes += n + 16
+        pending.append(_U32((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+        self._pending_bytes += size + 16
         self.count += 1
         # Small records are batched; a large one goes out at once so that its buffer can be
         # freed (and its memory reused for the next image) as soon as the caller drops it.
@@ -589,11 +719,15 @@ class RecordWriter:
             self.flush()
 
     def flush(self) -> None:
+        total = self._pending_bytes  # exactly the bytes in the buffers
         bufs = [b for b in self._pending if len(b)]
         self._pending = []
         self._pending_bytes = 0
         while bufs:
             done = os.writev(self._fd, bufs[:1024])  # IOV_MAX
+            if done == total:  # the usual case: all of it
+                return
+            total -= done
             while bufs and done >= memoryview(bufs[0]).nbytes:  # partial writes are rare but legal
                 done -= memoryview(bufs.pop(0)).nbytes
             if done:
@@ -615,6 +749,10 @@ class RecordWriter:
         if exc_type is not None:  # do not block on flushing a file that is being abandoned
             self._pending = []
         self.close()
+
+
+_U64 = struct.Struct("<Q").pack
+_U32 = struct.Struct("<I").pack
 
 
 def _mask(crc: int) -> int:

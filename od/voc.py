@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import math
+from math import isfinite
 import os
 import re
 import stat
@@ -49,27 +50,9 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def _kids(el: etree._Element | None) -> dict[str, etree._Element]:
-    """First child element per tag (one pass; much cheaper than repeated ``find``)."""
-    out: dict[str, etree._Element] = {}
-    if el is not None:
-        for c in el:
-            t = c.tag
-            if isinstance(t, str) and t not in out:
-                out[t] = c
-    return out
-
-
-def _text(kids: dict[str, etree._Element], tag: str) -> str | None:
-    child = kids.get(tag)
-    if child is None or child.text is None:
-        return None
-    return child.text.strip()
-
-
 def _num(text: str | None) -> float | None:
     """VOC numbers: ints, floats ("12.5"), or junk (None)."""
-    if text is None or text == "":
+    if not text:
         return None
     try:
         v = float(text)
@@ -78,8 +61,33 @@ def _num(text: str | None) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _size_value(el: etree._Element | None) -> int:
+    """A <size> number as a positive int, else 0 (``int(_num(...))``, usually in one ``float``)."""
+    if el is None or el.text is None:
+        return 0
+    try:
+        v: float | None = float(el.text)  # float() drops the surrounding whitespace itself...
+    except ValueError:  # ...except the few str.strip() also drops: decide exactly as _num does
+        v = _num(el.text.strip())
+        if v is None:
+            return 0
+    return int(v) if 0 < v < math.inf else 0  # nan fails both comparisons
+
+
+def _stripped(el: etree._Element | None) -> str | None:
+    """An element's text without surrounding whitespace (None when the element or its text is absent)."""
+    if el is None:
+        return None
+    t = el.text
+    return None if t is None else t.strip()
+
+
+_TRUE_FLAGS = ("1", "true", "yes")
+_FLAGS = {"0": False, "1": True, None: False}  # what LabelImg writes: no need to normalise
+
+
 def _flag(text: str | None) -> bool:
-    return (text or "").strip().lower() in ("1", "true", "yes")
+    return (text or "").strip().lower() in _TRUE_FLAGS
 
 
 def _unsafe_filename(name: str) -> str | None:
@@ -100,13 +108,7 @@ def _unsafe_filename(name: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=4096)
-def _real_dir(path: str) -> str:
-    """Resolved folder (cached: every XML of a dataset shares a handful of folders)."""
-    return os.path.realpath(path)
-
-
-def _inside(path: Path, roots: Sequence[str]) -> bool:
+def _inside(path: str | Path, roots: Sequence[str]) -> bool:
     """True when ``path``, symlinks followed, lies inside one of the resolved ``roots``."""
     rp = os.path.realpath(path)
     return any(rp == r or rp.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
@@ -116,6 +118,17 @@ def _inside(path: Path, roots: Sequence[str]) -> bool:
 def _norm_dir(path: str) -> str:
     """``str(Path(path))`` (cached: the images folder is the same for a whole dataset)."""
     return str(Path(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_facts(dataset_root: str, folder: str) -> tuple[tuple[str, str], str]:
+    """((resolved dataset root, resolved ``folder``), what a plain file name is appended to).
+
+    Cached: every XML of a dataset shares a handful of folders, and ``realpath`` costs
+    more than parsing a small XML.
+    """
+    prefix = "" if folder == "." else os.path.join(folder, "")
+    return (os.path.realpath(dataset_root), os.path.realpath(folder)), prefix
 
 
 _IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
@@ -164,25 +177,32 @@ def parse_voc(
                                                               SKIPPED_IMAGE),))
 
 
+_O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
+
 def _read_capped(path: str, limit: int) -> bytes:
     """The first ``limit`` bytes of ``path`` (all of it when smaller), like ``f.read(limit)``.
 
     Sized from ``fstat`` with raw ``os`` calls: ``f.read(8 MB)`` allocates 8 MB for every
-    few-KB annotation, and a buffered file object costs more than the read itself.
+    few-KB annotation, and a buffered file object costs more than the read itself. A
+    regular file that returns fewer bytes than asked for is at its end: no second read.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    fd = os.open(path, _O_RDONLY)
     try:
-        want = min(os.fstat(fd).st_size, limit)
-        chunks = []
-        got = 0
-        while got < limit:
-            # size + 1 bytes first (so one more read sees EOF), then more if the file grew
+        st = os.fstat(fd)
+        want = min(st.st_size, limit)
+        ask = min(limit, want + 1)  # size + 1 bytes first, so that a whole file needs one read
+        b = os.read(fd, ask)
+        if len(b) < ask and stat.S_ISREG(st.st_mode):
+            return b
+        chunks = [b]
+        got = len(b)
+        while b and got < limit:
+            # more than fstat said: not a regular file, or it grew
             b = os.read(fd, min(limit - got, want - got + 1 if got <= want else 1 << 20))
-            if not b:
-                break
             chunks.append(b)
             got += len(b)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -197,43 +217,54 @@ def _norm_path(path: str | os.PathLike) -> str:
     return str(Path(path))
 
 
+def _skipped(name: str, why: str, filename: str = "") -> Annotation:
+    """The Annotation of an XML whose image cannot be used."""
+    return Annotation(name, None, filename, 0, 0, (), (Problem(name, why, SKIPPED_IMAGE),))
+
+
 def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.PathLike | None) -> Annotation:
-    xml_path = name
-    problems: list[Problem] = []
-
-    def skipped(why: str, filename: str = "") -> Annotation:
-        return Annotation(name, None, filename, 0, 0, (), (*problems, Problem(name, why, SKIPPED_IMAGE)))
-
     try:
-        data = _read_capped(xml_path, MAX_XML_BYTES + 1)
-        if len(data) > MAX_XML_BYTES:
-            return skipped(f"XML is larger than {MAX_XML_BYTES} bytes, too large for a VOC annotation")
+        data = _read_capped(name, MAX_XML_BYTES + 1)
     except OSError as e:
-        return skipped(f"cannot read XML: {e.strerror or e}")
-    if not data.strip():
-        return skipped("XML file is empty")
-    # "<!" must occur for an ASCII-family declaration, NUL bytes for a UTF-16 one: memchr-speed
+        return _skipped(name, f"cannot read XML: {e.strerror or e}")
+    if len(data) > MAX_XML_BYTES:
+        return _skipped(name, f"XML is larger than {MAX_XML_BYTES} bytes, too large for a VOC annotation")
+    if not data or data.isspace():  # == not data.strip(), without the copy
+        return _skipped(name, "XML file is empty")
+    # "!" must occur for an ASCII-family declaration, NUL bytes for a UTF-16 one: memchr-speed
     # pre-checks spare the regexes on ordinary files (same verdicts).
-    if (b"<!" in data and _DECL_RE.search(data)) or (b"\x00" in data and _DECL_RE_16.search(data)):
-        return skipped("XML has a DOCTYPE or ENTITY declaration (refused: XXE / entity-expansion risk)")
+    if (b"!" in data and b"<!" in data and _DECL_RE.search(data)) or (b"\x00" in data and _DECL_RE_16.search(data)):
+        return _skipped(name, "XML has a DOCTYPE or ENTITY declaration (refused: XXE / entity-expansion risk)")
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as e:
-        return skipped(f"malformed XML: {getattr(e, 'msg', None) or e}")
+        return _skipped(name, f"malformed XML: {getattr(e, 'msg', None) or e}")
     except (ValueError, etree.LxmlError) as e:
-        return skipped(f"unreadable XML: {e}")
+        return _skipped(name, f"unreadable XML: {e}")
     if root.getroottree().docinfo.doctype:
-        return skipped("XML has a DOCTYPE declaration (refused)")
+        return _skipped(name, "XML has a DOCTYPE declaration (refused)")
     if not isinstance(root.tag, str) or root.tag != "annotation":
-        return skipped(f"not a Pascal VOC annotation (root element <{root.tag}>, expected <annotation>)")
+        return _skipped(name, f"not a Pascal VOC annotation (root element <{root.tag}>, expected <annotation>)")
 
-    top = _kids(root)
-    filename = _text(top, "filename") or ""
+    # One pass over the children (the first <filename>/<size> count, every <object>).
+    filename_el = size_el = None
+    objects = []
+    for c in root:
+        t = c.tag
+        if t == "object":
+            objects.append(c)
+        elif t == "filename":
+            if filename_el is None:
+                filename_el = c
+        elif t == "size":
+            if size_el is None:
+                size_el = c
+    filename = _stripped(filename_el) or ""
     folder_s = _norm_dir(os.fspath(images_dir)) if images_dir is not None else (os.path.dirname(name) or ".")
-    roots = [_real_dir(os.fspath(dataset_root)), _real_dir(folder_s)]
+    roots, prefix = _folder_facts(os.fspath(dataset_root), folder_s)
 
-    image_path: Path | None = None
-    shown = repr(filename) if filename else "(empty)"
+    image_path: str | Path | None = None
+    problems: list[Problem] = []
     why_not = "not found"  # why <filename> itself was not used
     if filename:
         unsafe = _unsafe_filename(filename)
@@ -241,19 +272,17 @@ def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.
             why_not = f"{unsafe}; not read (never outside the dataset)"
         else:
             rel = filename.replace("\\", "/")
-            if "/" not in rel and rel not in (".", ".."):
-                # == str(Path(folder) / rel), without the Path
-                cand: str | Path = os.path.join(folder_s, rel) if folder_s != "." else rel
-            else:
-                cand = Path(folder_s) / rel
+            plain = "/" not in rel and rel != "." and rel != ".."
+            # a plain name: == str(Path(folder) / rel), without the Path
+            cand: str | Path = prefix + rel if plain else Path(folder_s) / rel
             # A plain name in a resolved folder is inside unless it is itself a symlink.
             is_file, is_link = _file_and_link(cand)
-            plain = "/" not in rel and not is_link
-            if is_file and (plain or _inside(cand, roots)):
+            if is_file and (("/" not in rel and not is_link) or _inside(cand, roots)):
                 image_path = cand
             elif is_file:
                 why_not = "resolves outside the dataset; not read"
     if image_path is None:
+        shown = repr(filename) if filename else "(empty)"
         folder = Path(folder_s)
         stem = Path(name).stem
         fallback = find_image_by_stem(folder, stem)
@@ -268,43 +297,91 @@ def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.
             except ValueError:
                 where = str(folder)
             where = "the dataset folder" if where == "./" else where
-            return skipped(
-                f"image not found: <filename> {shown} {why_not}, and no image named {stem}.* in {where}",
-                filename,
+            return _skipped(
+                name, f"image not found: <filename> {shown} {why_not}, and no image named {stem}.* in {where}", filename
             )
 
-    sz = _kids(top.get("size"))
-    w = _num(_text(sz, "width"))
-    h = _num(_text(sz, "height"))
-    width = int(w) if w and w > 0 else 0
-    height = int(h) if h and h > 0 else 0
+    width = height = 0
+    if size_el is not None:
+        w_el = h_el = None
+        for c in size_el:
+            t = c.tag
+            if t == "width":
+                if w_el is None:
+                    w_el = c
+            elif t == "height":
+                if h_el is None:
+                    h_el = c
+        width, height = _size_value(w_el), _size_value(h_el)
 
     boxes: list[Box] = []
-    objects = [c for c in root if c.tag == "object"]
     for i, obj_el in enumerate(objects, start=1):
-        obj = _kids(obj_el)
-        cls = _text(obj, "name")
+        # The first child of each tag counts (inline: this loop is most of the parse time).
+        name_el = bb_el = diff_el = trunc_el = pose_el = None
+        for c in obj_el:
+            t = c.tag
+            if t == "bndbox":
+                if bb_el is None:
+                    bb_el = c
+            elif t == "name":
+                if name_el is None:
+                    name_el = c
+            elif t == "difficult":
+                if diff_el is None:
+                    diff_el = c
+            elif t == "truncated":
+                if trunc_el is None:
+                    trunc_el = c
+            elif t == "pose":
+                if pose_el is None:
+                    pose_el = c
+        cls = None if name_el is None else name_el.text
+        if cls:
+            cls = cls.strip()
         if not cls:
             problems.append(Problem(name, f"object {i} has no <name>", DROPPED_BOX))
             continue
-        bb_el = obj.get("bndbox")
-        bb = _kids(bb_el)
         if bb_el is None:
             problems.append(Problem(name, f"object {i} ({cls}) has no <bndbox>", DROPPED_BOX))
             continue
-        coords = [_num(_text(bb, k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-        if any(c is None for c in coords):
-            raw = {k: _text(bb, k) for k in ("xmin", "ymin", "xmax", "ymax")}
-            problems.append(Problem(name, f"object {i} ({cls}) has missing or non-numeric coordinates {raw}", DROPPED_BOX))
-            continue
-        xmin, ymin, xmax, ymax = coords  # type: ignore[misc]
+        x0 = y0 = x1 = y1 = None
+        for c in bb_el:
+            t = c.tag
+            if t == "xmin":
+                if x0 is None:
+                    x0 = c
+            elif t == "ymin":
+                if y0 is None:
+                    y0 = c
+            elif t == "xmax":
+                if x1 is None:
+                    x1 = c
+            elif t == "ymax":
+                if y1 is None:
+                    y1 = c
+        try:  # the usual case: four finite numbers (float() ignores the surrounding whitespace too)
+            xmin, ymin, xmax, ymax = float(x0.text), float(y0.text), float(x1.text), float(y1.text)
+            ok = isfinite(xmin + ymin + xmax + ymax)  # inf/nan in any of them shows in the sum
+        except (AttributeError, TypeError, ValueError):  # an absent element or text, junk text
+            ok = False
+        if not ok:  # decide (and word the problem) number by number
+            texts = (_stripped(x0), _stripped(y0), _stripped(x1), _stripped(y1))
+            xmin, ymin, xmax, ymax = coords = (_num(texts[0]), _num(texts[1]), _num(texts[2]), _num(texts[3]))
+            if None in coords:
+                raw = dict(zip(("xmin", "ymin", "xmax", "ymax"), texts))
+                problems.append(
+                    Problem(name, f"object {i} ({cls}) has missing or non-numeric coordinates {raw}", DROPPED_BOX)
+                )
+                continue
+        difficult = None if diff_el is None else diff_el.text
+        truncated = None if trunc_el is None else trunc_el.text
+        pose = None if pose_el is None else pose_el.text
         boxes.append(
             Box(
-                xmin, ymin, xmax, ymax,
-                name=cls,
-                difficult=_flag(_text(obj, "difficult")),
-                truncated=_flag(_text(obj, "truncated")),
-                pose=_text(obj, "pose") or "Unspecified",
+                xmin, ymin, xmax, ymax, cls,
+                _FLAGS[difficult] if difficult in _FLAGS else _flag(difficult),
+                _FLAGS[truncated] if truncated in _FLAGS else _flag(truncated),
+                (pose.strip() if pose else None) or "Unspecified",
             )
         )
 
