@@ -362,8 +362,8 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] = _no_progress)
 
 
 PARSE_CHUNK = 256  # most XMLs per parsing job (fewer when that leaves workers without jobs)
-MIN_PARALLEL = 100  # below this many images, starting a worker process costs more than it saves
-MIN_PARALLEL_BYTES = 48 * 1024 * 1024  # ... unless they are big: hashing + copying ~50 MB takes ~0.1 s
+MIN_PARALLEL = 300  # below this many images a second process costs more than it saves (fork + copy-on-write ~10 ms)
+MIN_PARALLEL_BYTES = 32 * 1024 * 1024  # ... unless they are big: hashing + copying 32 MB takes ~50 ms
 CHUNK_MIN_ITEMS = 32  # a shard is split into chunks of at least this many images (see _chunked)
 
 
