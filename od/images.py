@@ -14,13 +14,13 @@ import stat
 import struct
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from od.types import FIXED, SKIPPED_IMAGE, Problem
+from od.util import canonical_path
 
 JPEG_QUALITY = 95
 ORIENTATION_TAG = 0x0112
@@ -49,23 +49,13 @@ class PreparedImage:
 _O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 
 
-def _canonical(path: str | os.PathLike) -> str:
-    """``str(Path(path))``, without building a Path when ``path`` is already in that form."""
-    if (
-        os.name == "posix" and isinstance(path, str) and path and path != "." and "//" not in path
-        and "/./" not in path and not path.startswith("./") and not path.endswith(("/", "/."))
-    ):
-        return path
-    return str(Path(path))
-
-
 def _read(path: str | os.PathLike) -> bytes:
     """The whole file (``Path(path).read_bytes()``), with raw ``os`` calls.
 
     A buffered file object costs as much as reading a small image; one ``read`` of the
     ``fstat`` size + 1 gets a regular file whole and shows its end (a short read).
     """
-    p = _canonical(path)
+    p = canonical_path(path)
     try:
         fd = os.open(p, _O_RDONLY)
         try:

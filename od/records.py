@@ -6,9 +6,11 @@ Three layouts are recognised (``--annotations``/``--images`` override):
      folder (images/ JPEGImages/ imgs/);
   3. XML files next to their images (LabelImg's default), searched recursively.
 
-First every XML is read (in the worker pool) and the whole conversion is planned:
-images, classes, duplicates, splits, shards. Then each worker writes whole shards,
-streaming one image at a time (memory does not grow with the dataset). Workers never
+First every XML is read (by the workers) and the whole conversion is planned: images,
+classes, duplicates, splits, shards. Then the workers write the shards (a big shard in
+consecutive chunks, joined in order afterwards), streaming one image at a time (memory
+does not grow with the dataset). This process is one of the workers: with ``--workers 2``
+there is one child process, fed through a pipe. Workers never
 import TensorFlow: Examples are encoded by ``od.tfexample`` (hand-written wire format, the
 image bytes passed through untouched) and written with its TF-free TFRecord writer
 (CRC32C via ``google-crc32c``, batched ``writev``), so a worker starts in well under a

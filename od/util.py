@@ -25,6 +25,19 @@ def _umask() -> int:
     return mask
 
 
+def canonical_path(path: str | os.PathLike) -> str:
+    """``str(Path(path))``, without building a Path when ``path`` is already in that form.
+
+    Called once per file on conversion hot paths, where a Path costs more than the check.
+    """
+    if (
+        os.name == "posix" and isinstance(path, str) and path and path != "." and "//" not in path
+        and "/./" not in path and not path.startswith("./") and not path.endswith(("/", "/."))
+    ):
+        return path
+    return str(Path(path))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file beside ``path`` then rename, so a crash never leaves half a file."""
     path = Path(path)

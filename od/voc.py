@@ -22,7 +22,7 @@ from typing import Sequence
 from lxml import etree
 
 from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
-from od.util import atomic_write_bytes
+from od.util import atomic_write_bytes, canonical_path
 
 # Image suffixes tried when <filename> is missing/wrong (fallback: image with the XML's stem).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -170,7 +170,7 @@ def parse_voc(
     image is only ever taken from inside ``dataset_root`` or ``images_dir``.
     """
     try:
-        return _parse_voc(_norm_path(xml_path), dataset_root, images_dir)
+        return _parse_voc(canonical_path(xml_path), dataset_root, images_dir)
     except Exception as e:  # last resort: one odd file must not stop a batch
         name = str(xml_path)
         return Annotation(name, None, "", 0, 0, (), (Problem(name, f"unreadable XML ({type(e).__name__}: {e})",
@@ -207,14 +207,23 @@ def _read_capped(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def _norm_path(path: str | os.PathLike) -> str:
-    """``str(Path(path))``, without building a Path when ``path`` is already in that form."""
-    if (
-        os.name == "posix" and isinstance(path, str) and path and path != "." and "//" not in path
-        and "/./" not in path and not path.startswith("./") and not path.endswith(("/", "/."))
-    ):
-        return path
-    return str(Path(path))
+_SIZE_TAGS = {"width": 0, "height": 1}
+_OBJECT_TAGS = {"name": 0, "bndbox": 1, "difficult": 2, "truncated": 3, "pose": 4}
+_BOX_TAGS = {"xmin": 0, "ymin": 1, "xmax": 2, "ymax": 3}
+
+
+def _first_children(el: etree._Element, tags: dict[str, int]) -> list:
+    """The first child element of each tag in ``tags`` (None where absent), in ``tags``' order.
+
+    One pass over the children: VOC files repeat or reorder tags, and the first one counts.
+    """
+    found = [None] * len(tags)
+    get = tags.get
+    for c in el:
+        i = get(c.tag)  # comments/PIs were removed by the parser; their tag is not a str anyway
+        if i is not None and found[i] is None:
+            found[i] = c
+    return found
 
 
 def _skipped(name: str, why: str, filename: str = "") -> Annotation:
@@ -303,38 +312,12 @@ def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.
 
     width = height = 0
     if size_el is not None:
-        w_el = h_el = None
-        for c in size_el:
-            t = c.tag
-            if t == "width":
-                if w_el is None:
-                    w_el = c
-            elif t == "height":
-                if h_el is None:
-                    h_el = c
+        w_el, h_el = _first_children(size_el, _SIZE_TAGS)
         width, height = _size_value(w_el), _size_value(h_el)
 
     boxes: list[Box] = []
     for i, obj_el in enumerate(objects, start=1):
-        # The first child of each tag counts (inline: this loop is most of the parse time).
-        name_el = bb_el = diff_el = trunc_el = pose_el = None
-        for c in obj_el:
-            t = c.tag
-            if t == "bndbox":
-                if bb_el is None:
-                    bb_el = c
-            elif t == "name":
-                if name_el is None:
-                    name_el = c
-            elif t == "difficult":
-                if diff_el is None:
-                    diff_el = c
-            elif t == "truncated":
-                if trunc_el is None:
-                    trunc_el = c
-            elif t == "pose":
-                if pose_el is None:
-                    pose_el = c
+        name_el, bb_el, diff_el, trunc_el, pose_el = _first_children(obj_el, _OBJECT_TAGS)
         cls = None if name_el is None else name_el.text
         if cls:
             cls = cls.strip()
@@ -344,21 +327,7 @@ def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.
         if bb_el is None:
             problems.append(Problem(name, f"object {i} ({cls}) has no <bndbox>", DROPPED_BOX))
             continue
-        x0 = y0 = x1 = y1 = None
-        for c in bb_el:
-            t = c.tag
-            if t == "xmin":
-                if x0 is None:
-                    x0 = c
-            elif t == "ymin":
-                if y0 is None:
-                    y0 = c
-            elif t == "xmax":
-                if x1 is None:
-                    x1 = c
-            elif t == "ymax":
-                if y1 is None:
-                    y1 = c
+        x0, y0, x1, y1 = _first_children(bb_el, _BOX_TAGS)
         try:  # the usual case: four finite numbers (float() ignores the surrounding whitespace too)
             xmin, ymin, xmax, ymax = float(x0.text), float(y0.text), float(x1.text), float(y1.text)
             ok = isfinite(xmin + ymin + xmax + ymax)  # inf/nan in any of them shows in the sum
