@@ -558,6 +558,31 @@ def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
+def test_progress_counts_every_image_whoever_converts_it(tmp_path):
+    ds = tmp_path / "ds"
+    demo.generate(ds, 40, seed=8)
+    script = (
+        "import io, contextlib, tqdm\n"
+        "counts = {}\n"
+        "class Bar:\n"
+        "    def __init__(self, total=None, desc='', **kw):\n"
+        "        self.desc = desc; counts[desc] = [total, 0]\n"
+        "    def update(self, n=1):\n"
+        "        counts[self.desc][1] += n\n"
+        "    def close(self):\n"
+        "        pass\n"
+        "tqdm.tqdm = Bar\n"
+        "from od import records\n"
+        "records.MIN_PARALLEL = 0\n"
+        "records.CHUNK_MIN_ITEMS = 4\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    rc = records.main({[str(ds), '--out', str(tmp_path / 'r'), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2']!r})\n"
+        "print('RC', rc, sorted(counts.items()))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "RC 0 [('converting', [40, 40])]" in res.stdout, res.stdout + res.stderr
+
+
 # --------------------------------------------------------------------------- real data
 
 
