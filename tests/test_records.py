@@ -73,6 +73,19 @@ def _examples(out: Path) -> dict[str, tuple[str, object]]:
     return res
 
 
+PARALLEL_EVEN_WHEN_SMALL = (
+    "from od import records\n"
+    "records.MIN_PARALLEL = 0  # use the worker processes even for a small set\n"
+    "records.CHUNK_MIN_ITEMS = 4  # and split shards of a few images into chunks\n"
+)
+
+
+def _python(script: str, timeout: int = 120) -> str:
+    """stdout + stderr of ``script`` run by a fresh interpreter in the repo (workers fork from a clean process)."""
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return res.stdout + res.stderr
+
+
 def _problems(report: dict) -> dict[str, list[tuple[str, str]]]:
     d: dict[str, list[tuple[str, str]]] = {}
     for p in report["problems"]:
@@ -311,14 +324,13 @@ def test_rerun_byte_identical_and_workers_do_not_change_output(tmp_path):
     assert _convert([*args, "--out", str(tmp_path / "a")])[0] == 0
     assert _convert([*args, "--out", str(tmp_path / "b")])[0] == 0
     # a separate process with a pool of 2 workers, through the CLI; TF must never be imported by it
-    script = (
-        "import sys; from od import records\n"
-        "records.MIN_PARALLEL = 0  # use the pool even for this small set\n"
+    script = PARALLEL_EVEN_WHEN_SMALL + (
+        "import sys\n"
         f"rc = records.main({[*args, '--out', str(tmp_path / 'c'), '--workers', '2']!r})\n"
         "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-FREE', rc)\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "TF-FREE 0" in res.stdout, res.stdout + res.stderr
+    out = _python(script)
+    assert "TF-FREE 0" in out, out
 
     def snapshot(d: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
@@ -335,8 +347,8 @@ def test_help_is_fast_and_tf_free():
         "try:\n    records.main(['--help'])\nexcept SystemExit as e:\n    code = e.code\n"
         "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-FREE', code)\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert "TF-FREE 0" in res.stdout and "--add-classes" in res.stdout
+    out = _python(script, timeout=60)
+    assert "TF-FREE 0" in out and "--add-classes" in out
 
 
 @pytest.mark.parametrize("ann_name, img_name", [("annotations", "images"), ("annots", "imgs"), ("xml", "JPEGImages")])
@@ -476,10 +488,8 @@ def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
     lm = tmp_path / "lm.pbtxt"
     args = [str(ds), "--label-map", str(lm)]
     assert _convert([*args, "--out", str(tmp_path / "one")])[0] == 0
-    script = (
-        "import sys, os; from od import records\n"
-        "records.MIN_PARALLEL = 0  # use the worker even for this small set\n"
-        "records.CHUNK_MIN_ITEMS = 4  # and split shards of a few images\n"
+    script = PARALLEL_EVEN_WHEN_SMALL + (
+        "import os\n"
         "real = records.write_shard\n"
         "def spy(task, progress=records._no_progress):\n"
         "    print('CHUNK', os.getpid(), task.tmp_path.rsplit('.', 2)[-2], len(task.items), flush=True)\n"
@@ -488,9 +498,9 @@ def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
         f"rc = records.main({[*args, '--out', str(tmp_path / 'two'), '--workers', '3', '--quiet']!r})\n"
         "print('RC', rc)\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "RC 0" in res.stdout, res.stdout + res.stderr
-    chunks = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("CHUNK")]
+    out = _python(script)
+    assert "RC 0" in out, out
+    chunks = [ln.split() for ln in out.splitlines() if ln.startswith("CHUNK")]
     assert len({c[1] for c in chunks}) >= 2  # the parent and a child both wrote chunks
     assert any("-" in c[2] for c in chunks)  # a shard was written in parts
     one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").iterdir())}
@@ -537,10 +547,8 @@ def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
     ds = tmp_path / "ds"
     demo.generate(ds, 40, seed=6)
     out = tmp_path / "rec"
-    script = (
-        "import os; from od import records\n"
-        "records.MIN_PARALLEL = 0\n"
-        "records.CHUNK_MIN_ITEMS = 4\n"
+    script = PARALLEL_EVEN_WHEN_SMALL + (
+        "import os\n"
         "parent = os.getpid()\n"
         "real = records._convert_item\n"
         "def boom(item, name_to_id):\n"
@@ -553,8 +561,8 @@ def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
         "except records.WorkerError as e:\n"
         "    print('WORKER-ERROR', 'disk on fire' in str(e))\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "WORKER-ERROR True" in res.stdout, res.stdout + res.stderr
+    said = _python(script)
+    assert "WORKER-ERROR True" in said, said
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
@@ -572,15 +580,13 @@ def test_progress_counts_every_image_whoever_converts_it(tmp_path):
         "    def close(self):\n"
         "        pass\n"
         "tqdm.tqdm = Bar\n"
-        "from od import records\n"
-        "records.MIN_PARALLEL = 0\n"
-        "records.CHUNK_MIN_ITEMS = 4\n"
-        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        + PARALLEL_EVEN_WHEN_SMALL
+        + "with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    rc = records.main({[str(ds), '--out', str(tmp_path / 'r'), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2']!r})\n"
         "print('RC', rc, sorted(counts.items()))\n"
     )
-    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "RC 0 [('converting', [40, 40])]" in res.stdout, res.stdout + res.stderr
+    out = _python(script)
+    assert "RC 0 [('converting', [40, 40])]" in out, out
 
 
 # --------------------------------------------------------------------------- real data
