@@ -934,27 +934,36 @@ def _chunked(tasks: Sequence[ShardTask], workers: int) -> list[tuple[int, ShardT
 def _join_parts(dest: str, parts: Sequence[str]) -> None:
     """``dest`` = the part files one after the other (the first is renamed, the rest appended)."""
     os.replace(parts[0], dest)
-    if len(parts) == 1:
-        return
-    with open(dest, "ab") as out:
+    # Not O_APPEND: copy_file_range refuses to write to a file opened for appending.
+    out = os.open(dest, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+    try:
         for p in parts[1:]:
-            with open(p, "rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                done = 0
+            src = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                start = os.lseek(out, 0, os.SEEK_END)
+                size = os.fstat(src).st_size
+                done = 0  # bytes of this part appended so far
                 try:  # in the kernel (no copy through Python; a reflink on filesystems that can)
                     while done < size:
-                        n = os.copy_file_range(src.fileno(), out.fileno(), size - done)
+                        n = os.copy_file_range(src, out, size - done)
                         if n == 0:
                             break
                         done += n
                 except (AttributeError, OSError):
-                    done = 0
-                if done < size:  # not supported here (other OS, some file systems): plain copy
-                    out.seek(0, os.SEEK_END)
-                    out.truncate(out.tell() - done)
-                    src.seek(0)
-                    shutil.copyfileobj(src, out, 1 << 20)
+                    pass  # not supported here (other OS, some file systems), or failed part-way
+                if done < size:  # start this part again with plain reads and writes
+                    os.ftruncate(out, start)
+                    os.lseek(out, start, os.SEEK_SET)
+                    os.lseek(src, 0, os.SEEK_SET)
+                    while chunk := os.read(src, 1 << 20):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out, view):]
+            finally:
+                os.close(src)
             os.unlink(p)
+    finally:
+        os.close(out)
 
 
 def run_tasks(

@@ -526,13 +526,20 @@ def test_chunking_only_where_workers_would_wait(tmp_path):
     assert records._chunked(lone, 1) == list(enumerate(lone))
 
 
-@pytest.mark.parametrize("kernel_copy", [True, False])
+@pytest.mark.parametrize("kernel_copy", ["works", "unsupported", "fails part-way"])
 def test_join_parts_with_and_without_copy_file_range(tmp_path, monkeypatch, kernel_copy):
-    if not kernel_copy or not hasattr(os, "copy_file_range"):
-        def unsupported(*a, **k):
-            raise OSError(95, "Operation not supported")
+    real = getattr(os, "copy_file_range", None)
+    calls = {"n": 0, "copied": 0}
 
-        monkeypatch.setattr(os, "copy_file_range", unsupported, raising=False)
+    def spy(src, dst, count, *a):
+        calls["n"] += 1
+        if kernel_copy == "unsupported" or real is None or (kernel_copy == "fails part-way" and calls["n"] > 1):
+            raise OSError(95, "Operation not supported")
+        n = real(src, dst, min(count, 100) if kernel_copy == "fails part-way" else count, *a)
+        calls["copied"] += n  # some bytes land before a part-way failure
+        return n
+
+    monkeypatch.setattr(os, "copy_file_range", spy, raising=False)
     blobs = [os.urandom(n) for n in (1000, 70_000, 5, 3_000_000)]
     parts = []
     for k, b in enumerate(blobs):
@@ -540,6 +547,8 @@ def test_join_parts_with_and_without_copy_file_range(tmp_path, monkeypatch, kern
         parts.append(str(tmp_path / f"p{k}"))
     records._join_parts(str(tmp_path / "shard"), parts)
     assert (tmp_path / "shard").read_bytes() == b"".join(blobs)
+    if real is not None and kernel_copy != "unsupported":
+        assert calls["copied"] >= (sum(map(len, blobs[1:])) if kernel_copy == "works" else 100)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard"]
 
 
