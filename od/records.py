@@ -152,7 +152,7 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
         if img is not None:
             return Layout("folders", dd, ann, img, None, f"{ann.name}/ beside {img.name}/")
         return Layout("folders", dd, ann, None, None, f"{ann.name}/ (images beside the XML)")
-    if _has_xml(dd):
+    if next(_iter_xml_names(dd), None) is not None:
         return Layout("flat", dd, dd, None, None, "XML next to the images")
     raise UsageError(
         f"no Pascal VOC XML found in {dd}. Expected one of: a VOCdevkit year folder (Annotations/, JPEGImages/, "
@@ -161,33 +161,8 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
     )
 
 
-def _has_xml(folder: Path) -> bool:
-    """Whether ``_iter_xml(folder)`` yields anything, stopping at the first XML found."""
-    pending = [folder]
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as entries:
-                for e in entries:
-                    if e.name.startswith("."):
-                        continue
-                    if e.is_dir():  # as os.walk: listed as a folder (links too), entered only if real
-                        if not e.is_symlink():
-                            pending.append(Path(e.path))
-                    elif e.name.lower().endswith(".xml"):
-                        return True
-        except OSError:
-            continue
-    return False
-
-
-def _iter_xml(folder: Path):
-    """XML files under ``folder``, skipping hidden folders (temp dirs, .git)."""
-    for dirpath, f in _iter_xml_names(folder):
-        yield Path(dirpath) / f
-
-
 def _iter_xml_names(folder: Path):
-    """``(folder path, file name)`` of the XML files under ``folder``, in ``_iter_xml``'s order."""
+    """``(folder path, file name)`` of the XML files under ``folder`` (sorted; hidden folders and files skipped)."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
@@ -301,7 +276,7 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
     except ValueError as e:  # e.g. a class name or file name that is not valid UTF-8 text
         problem = Problem(item.image_report, f"cannot encode the Example: {e}", SKIPPED_IMAGE)
         return Outcome(item.index, False, problems=prep.problems + box_problems + (problem,)), None
-    counts = Counter(b.name for b in boxes) if len(boxes) > 1 else {boxes[0].name: 1} if boxes else {}
+    counts = Counter(b.name for b in boxes)
     return (
         Outcome(
             item.index, True, prep.width, prep.height, prep.fast_path, not prep.fast_path,
@@ -571,10 +546,8 @@ def plan_dataset(
                 continue
         else:
             split = _split_of_digest(digest, val_fraction, test_fraction)
-        boxes = ann.boxes
-        if not skip_difficult and all(b.name in names_in_lm for b in boxes):
-            pass  # the usual case: every box is kept
-        else:
+        boxes = ann.boxes  # the usual case: every box is kept
+        if skip_difficult or any(b.name not in names_in_lm for b in boxes):
             kept: list[Box] = []
             dropped_unknown: Counter = Counter()
             for b in boxes:
@@ -976,10 +949,7 @@ def run_tasks(
     parallel = None
     if pool.n > 1 and total < MIN_PARALLEL:  # few images: worth it only if they are big
         parallel = sum(_image_size(it) for t in tasks for it in t.items) >= MIN_PARALLEL_BYTES
-    if parallel is False or total < 2:
-        chunks = list(enumerate(tasks))
-    else:
-        chunks = _chunked(tasks, pool.n)
+    chunks = list(enumerate(tasks)) if parallel is False else _chunked(tasks, pool.n)
     # Biggest chunks first, so that no worker is left with a big one at the end.
     order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i][1].items))
     try:
