@@ -166,24 +166,12 @@ def _entry_head(key: str) -> bytes:
     return b"\x0a" + _varint(len(k)) + k + b"\x12"
 
 
-def _bytes_feature(values) -> bytes:
-    body = b"".join([b"\x0a" + _varint(len(v)) + v for v in values])
-    return b"\x0a" + _varint(len(body)) + body
-
-
 def _one_bytes_feature(v: bytes) -> bytes:
     n = len(v)
     if n < 126:
         return b"\x0a%c\x0a%c%b" % (n + 2, n, v)
     inner = b"\x0a" + _varint(n) + v
     return b"\x0a" + _varint(len(inner)) + inner
-
-
-def _small_ints_feature(values: list, n: int) -> bytes:
-    """Int64List feature of 0/1 flags (one byte each)."""
-    if n < 126:
-        return b"\x1a%c\x0a%c%b" % (n + 2, n, bytes(values))
-    return _int64_feature(values)
 
 
 if sys.byteorder == "little":
@@ -194,14 +182,6 @@ else:  # pragma: no cover - big-endian hosts
         a = array("f", values)
         a.byteswap()
         return a.tobytes()
-
-
-def _float_feature(values) -> bytes:
-    if not values:
-        return b"\x12\x00"
-    packed = _packed_floats(values)
-    body = b"\x0a" + _varint(len(packed)) + packed
-    return b"\x12" + _varint(len(body)) + body
 
 
 def _int64_feature(values) -> bytes:
@@ -305,9 +285,8 @@ def _int_entry(head: bytes, v: int) -> bytes:
 def _common_objects(out: list, boxes: Sequence[Box], class_ids: Sequence[int], w: float, h: float) -> None:
     """Append the 11 per-object entries, computed in one pass over the boxes.
 
-    The values and bytes are those of the general code in ``_suffix`` (same operations,
-    fewer steps); any exception sends the caller back to that code, which raises it in
-    its documented order.
+    Floats and small ints are packed (protobuf's encoding for repeated scalars); the
+    framing of the fixed-size entries depends on the box count alone (``_packed_heads``).
     """
     n = len(boxes)
     areas, xmaxs, xmins, ymaxs, ymins, flags, trunc, texts, views = [], [], [], [], [], [], [], [], []
@@ -343,51 +322,7 @@ def _common_objects(out: list, boxes: Sequence[Box], class_ids: Sequence[int], w
 
 
 def _suffix(fname: bytes, fmt: bytes, height, sha256_hex, boxes, class_ids, sid: bytes, width) -> bytes:
-    """Every map entry after image/encoded (the general code: any input, errors in a fixed order)."""
-    feats = [
-        (_H_FILENAME, _one_bytes_feature(fname)),
-        (_H_FORMAT, _one_bytes_feature(fmt)),
-        (_H_HEIGHT, _int64_feature([int(height)])),
-        (_H_SHA256, _one_bytes_feature(sha256_hex)),
-    ]
-    # The per-object keys are always present (possibly empty, see _EMPTY_OBJECTS) so
-    # VarLen parsers see them on negatives too.
-    if boxes:
-        w, h = float(width), float(height)
-        n = len(boxes)
-        flags = [int(bool(b.difficult)) for b in boxes]
-        trunc = [int(bool(b.truncated)) for b in boxes]
-        feats += (
-            (_H_AREA, _float_feature([float(b.area) for b in boxes])),
-            (_H_XMAX, _float_feature([b.xmax / w for b in boxes])),
-            (_H_XMIN, _float_feature([b.xmin / w for b in boxes])),
-            (_H_YMAX, _float_feature([b.ymax / h for b in boxes])),
-            (_H_YMIN, _float_feature([b.ymin / h for b in boxes])),
-            (_H_LABEL, _int64_feature([int(c) for c in class_ids])),
-            (_H_TEXT, _bytes_feature([_b(b.name) for b in boxes])),
-            (_H_DIFFICULT, _small_ints_feature(flags, n)),
-            (_H_IS_CROWD, _small_ints_feature([0] * n, n)),
-            (_H_TRUNCATED, _small_ints_feature(trunc, n)),
-            (_H_VIEW, _bytes_feature([_b(b.pose or "Unspecified") for b in boxes])),
-        )
-    pieces: list[bytes] = []
-    add = pieces.append
-    for head, feat in feats:
-        lf = len(feat)
-        ne = len(head) + 1 + lf
-        if ne < 128:  # one-byte lengths: one formatting operation per entry
-            add(b"\x0a%c%b%c%b" % (ne, head, lf, feat))
-        else:
-            pieces.extend(_entry_pieces(head, feat))
-    if not boxes:
-        add(_EMPTY_OBJECTS)
-    for head, feat in ((_H_SOURCE_ID, _one_bytes_feature(sid)), (_H_WIDTH, _int64_feature([int(width)]))):
-        pieces.extend(_entry_pieces(head, feat))
-    return b"".join(pieces)
-
-
-def _common_suffix(fname: bytes, fmt: bytes, height, sha256_hex, boxes, class_ids, sid: bytes, width) -> bytes:
-    """``_suffix`` for the usual inputs, with fewer steps (same bytes; see ``_common_objects``)."""
+    """Every map entry after image/encoded, in key order."""
     out = [
         _bytes_entry(_H_FILENAME, fname), _bytes_entry(_H_FORMAT, fmt), _int_entry(_H_HEIGHT, int(height)),
         _bytes_entry(_H_SHA256, sha256_hex),
@@ -430,10 +365,7 @@ def encode_example_parts(
 
     fname, fmt = _b(filename), _b(image_format.lower())
     sid = str(int(source_id)).encode("ascii")
-    try:
-        suffix = _common_suffix(fname, fmt, height, sha256_hex, boxes, class_ids, sid, width)
-    except Exception:  # unusual input: the general code gives the same bytes or raises in its order
-        suffix = _suffix(fname, fmt, height, sha256_hex, boxes, class_ids, sid, width)
+    suffix = _suffix(fname, fmt, height, sha256_hex, boxes, class_ids, sid, width)
 
     n_img = len(image_bytes) if type(image_bytes) is bytes else memoryview(image_bytes).nbytes
     v_img = _varint(n_img)
@@ -706,11 +638,10 @@ class RecordWriter:
                 n += len(p) if type(p) is bytes else memoryview(p).nbytes
             size = n
         header = _U64(n)
-        c = self._value(header)
         pending = self._pending
-        pending.append(header + _U32((((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF))  # _mask, inline
+        pending.append(header + _U32(_mask(self._value(header))))
         pending.extend(parts)
-        pending.append(_U32((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+        pending.append(_U32(_mask(crc)))
         self._pending_bytes += size + 16
         self.count += 1
         # Small records are batched; a large one goes out at once so that its buffer can be
