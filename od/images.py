@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from od.types import FIXED, SKIPPED_IMAGE, Problem
-from od.util import canonical_path
+from od.util import canonical_path, read_file
 
 JPEG_QUALITY = 95
 ORIENTATION_TAG = 0x0112
@@ -46,29 +45,11 @@ class PreparedImage:
     problems: tuple[Problem, ...]
 
 
-_O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-
-
 def _read(path: str | os.PathLike) -> bytes:
-    """The whole file (``Path(path).read_bytes()``), with raw ``os`` calls.
-
-    A buffered file object costs as much as reading a small image; one ``read`` of the
-    ``fstat`` size + 1 gets a regular file whole and shows its end (a short read).
-    """
+    """The whole file, with the failures worded for an image."""
     p = canonical_path(path)
     try:
-        fd = os.open(p, _O_RDONLY)
-        try:
-            st = os.fstat(fd)
-            ask = st.st_size + 1
-            data = os.read(fd, ask)
-            if len(data) == ask or not stat.S_ISREG(st.st_mode):  # larger than fstat said: read to the end
-                chunks = [data]
-                while chunks[-1]:
-                    chunks.append(os.read(fd, max(ask, 1 << 16)))
-                data = b"".join(chunks)
-        finally:
-            os.close(fd)
+        data = read_file(p)
     except FileNotFoundError:
         raise ImageError(f"{p}: image file not found") from None
     except IsADirectoryError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +24,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
+
+def read_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The whole file, or its first ``limit`` bytes (like ``f.read(limit)``), with raw ``os`` calls.
+
+    Sized from ``fstat``: a buffered file object costs as much as reading a small image or
+    XML, and ``f.read(8 MB)`` allocates 8 MB for a few-KB file. One read of the size + 1
+    gets a regular file whole and shows its end (a short read), so no second read is made.
+    Raises OSError as ``open`` would.
+    """
+    fd = os.open(path, _O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        want = st.st_size if limit is None else min(st.st_size, limit)
+        ask = want + 1 if limit is None else min(limit, want + 1)
+        b = os.read(fd, ask)
+        if len(b) < ask and stat.S_ISREG(st.st_mode):
+            return b
+        chunks = [b]
+        got = len(b)
+        while b and (limit is None or got < limit):  # more than fstat said: not a regular file, or it grew
+            step = want - got + 1 if got <= want else 1 << 20
+            b = os.read(fd, step if limit is None else min(limit - got, step))
+            chunks.append(b)
+            got += len(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def canonical_path(path: str | os.PathLike) -> str:

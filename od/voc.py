@@ -22,7 +22,7 @@ from typing import Sequence
 from lxml import etree
 
 from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
-from od.util import atomic_write_bytes, canonical_path
+from od.util import atomic_write_bytes, canonical_path, read_file
 
 # Image suffixes tried when <filename> is missing/wrong (fallback: image with the XML's stem).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -177,36 +177,6 @@ def parse_voc(
                                                               SKIPPED_IMAGE),))
 
 
-_O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
-
-
-def _read_capped(path: str, limit: int) -> bytes:
-    """The first ``limit`` bytes of ``path`` (all of it when smaller), like ``f.read(limit)``.
-
-    Sized from ``fstat`` with raw ``os`` calls: ``f.read(8 MB)`` allocates 8 MB for every
-    few-KB annotation, and a buffered file object costs more than the read itself. A
-    regular file that returns fewer bytes than asked for is at its end: no second read.
-    """
-    fd = os.open(path, _O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        want = min(st.st_size, limit)
-        ask = min(limit, want + 1)  # size + 1 bytes first, so that a whole file needs one read
-        b = os.read(fd, ask)
-        if len(b) < ask and stat.S_ISREG(st.st_mode):
-            return b
-        chunks = [b]
-        got = len(b)
-        while b and got < limit:
-            # more than fstat said: not a regular file, or it grew
-            b = os.read(fd, min(limit - got, want - got + 1 if got <= want else 1 << 20))
-            chunks.append(b)
-            got += len(b)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 _SIZE_TAGS = {"width": 0, "height": 1}
 _OBJECT_TAGS = {"name": 0, "bndbox": 1, "difficult": 2, "truncated": 3, "pose": 4}
 _BOX_TAGS = {"xmin": 0, "ymin": 1, "xmax": 2, "ymax": 3}
@@ -233,7 +203,7 @@ def _skipped(name: str, why: str, filename: str = "") -> Annotation:
 
 def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.PathLike | None) -> Annotation:
     try:
-        data = _read_capped(name, MAX_XML_BYTES + 1)
+        data = read_file(name, MAX_XML_BYTES + 1)
     except OSError as e:
         return _skipped(name, f"cannot read XML: {e.strerror or e}")
     if len(data) > MAX_XML_BYTES:
