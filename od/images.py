@@ -263,9 +263,6 @@ def _jpeg_complete(data: bytes) -> bool:
 
 def _xml_size(xml_size) -> tuple[int, ...] | None:
     """The XML's size as ints, None when it has none (absent or a zero)."""
-    if type(xml_size) is tuple and len(xml_size) == 2:  # the usual (width, height)
-        w, h = xml_size
-        return (int(w), int(h)) if w and h else None
     return tuple(int(v) for v in xml_size) if xml_size and all(xml_size) else None
 
 
