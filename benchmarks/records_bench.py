@@ -126,12 +126,7 @@ def floor_copy(pairs: list[tuple[Path, Path | None]], out_file: Path) -> tuple[f
     import google_crc32c
     from lxml import etree
 
-    def read(path: Path) -> bytes:  # one read of the known size: no buffer growing
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.read(fd, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
+    from od.util import read_file as read  # one read of the known size, as od reads files
 
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     t0, c0 = time.perf_counter(), _cpu()
