@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         import tensorflow as tf
 
         from od.detect import Detector, OutputWriter, collect_inputs, resolve_labels, resolve_model, run
-        from od.images import open_image_rgb
+        from od.data.images import open_image_rgb
 
         source = resolve_model(str(model))
         id_to_name, _ = resolve_labels(source, None)

@@ -75,8 +75,8 @@ def make_photos(out: Path, n: int, size=(1600, 1200), distinct: int = 8) -> None
     import numpy as np
     from PIL import Image
 
-    from od.types import Box
-    from od.voc import write_voc
+    from od.core import Box
+    from od.data.voc import write_voc
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -126,7 +126,7 @@ def floor_copy(pairs: list[tuple[Path, Path | None]], out_file: Path) -> tuple[f
     import google_crc32c
     from lxml import etree
 
-    from od.util import read_file as read  # one read of the known size, as od reads files
+    from od.io.files import read_file as read  # one read of the known size, as od reads files
 
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     t0, c0 = time.perf_counter(), _cpu()
@@ -278,7 +278,7 @@ def cli_run(data_dir: Path, work: Path, workers: int, env: dict, cwd: Path) -> t
 
 def startup_seconds(env: dict, cwd: Path) -> float:
     """Interpreter start + what ``python -m od.records`` imports before converting."""
-    code = "import od.records, od.images, od.voc, od.tfexample, od.label_map"
+    code = "import od.records, od.data.images, od.data.voc, od.io.example, od.io.tfrecord, od.io.label_map"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True)
     return time.perf_counter() - t0
@@ -303,7 +303,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(od_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     import od.records  # noqa: F401  (imported from od_root)
     from od import demo
-    from od.util import format_table
+    from od.console import format_table
 
     print(f"od package: {Path(od.records.__file__).parent}")
     tmp = Path(tempfile.mkdtemp(prefix="od-records-bench-"))
@@ -352,7 +352,7 @@ def main() -> int:
               "CRC32C and write the image; ceiling = raw / (floor / workers), the best od/raw any "
               "converter could reach with that many workers and no other cost)")
         print("(CPU = user + system seconds of this process and its finished children, so it includes "
-              "the workers for 2 workers; od converts in one process below od.records.MIN_PARALLEL images "
+              "the workers for 2 workers; od converts in one process below od.data.workers.MIN_PARALLEL images "
               "unless they total MIN_PARALLEL_BYTES)")
 
         # Command line: this package and, with --baseline, another one, interleaved run by run.

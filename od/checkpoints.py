@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
 
-from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table
+from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table
 
 GCS_HTTPS = "https://storage.googleapis.com/"
 SUMS_FILE = "SHA256SUMS"
@@ -138,7 +138,7 @@ def _read_sums(d: Path) -> dict[str, str]:
 
 
 def _write_sums(d: Path, sums: dict[str, str]) -> None:
-    from od.util import atomic_write_text
+    from od.io.files import atomic_write_text
 
     atomic_write_text(d / SUMS_FILE, "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
 

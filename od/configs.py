@@ -26,7 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from od.util import EXIT_OK, EXIT_USAGE, atomic_write_text, error, note_default, parse_overrides
+from od.console import EXIT_OK, EXIT_USAGE, error, note_default, parse_overrides
+from od.io.files import atomic_write_text
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
 PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
@@ -152,14 +153,14 @@ def read_report(records_dir: str) -> dict | None:
 
 
 def split_glob(records_dir: str, split: str) -> str:
-    from od.records import shard_pattern
+    from od.io.shards import shard_pattern
 
     return _join(records_dir, shard_pattern(split))
 
 
 def resolve_label_map(records_dir: str, label_map: str | None, report: dict | None):
     """-> (LabelMap, path). --label-map wins; then the one report.json names; then records/label_map.pbtxt."""
-    from od.label_map import LabelMapError, read_label_map
+    from od.io.label_map import LabelMapError, read_label_map
 
     candidates: list[str] = []
     if label_map:
@@ -180,7 +181,7 @@ def resolve_label_map(records_dir: str, label_map: str | None, report: dict | No
                 note_default("label map", c)
             try:
                 if _is_remote(c):
-                    from od.label_map import parse_label_map
+                    from od.io.label_map import parse_label_map
 
                     return parse_label_map(_read_text(c), c), c
                 return read_label_map(c), c

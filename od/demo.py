@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from od.types import Box
-from od.util import EXIT_OK, EXIT_USAGE, atomic_dir, error, note_default, print_table
-from od.voc import format_voc
+from od.core import Box
+from od.console import EXIT_OK, EXIT_USAGE, error, note_default, print_table
+from od.io.files import atomic_dir
+from od.data.voc import format_voc
 
 CLASSES = ("circle", "square", "triangle")
 DEFAULT_OUT = "annotations/demo"

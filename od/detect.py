@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from od.types import Box, Detection
-from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, atomic_write_bytes, atomic_write_text, error, note_default, print_table, warn
+from od.core import Box, Detection
+from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
+from od.io.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # imported lazily at run time (numpy/PIL/TF are slow to import)
     import numpy as np
@@ -281,7 +282,7 @@ def _classes_from_model_json(meta: dict) -> dict[int, str]:
 def resolve_labels(source: ModelSource, label_map_arg: str | None) -> tuple[dict[int, str], str]:
     """id -> name, and where it came from. An explicit --label-map wins; then the export's
     label_map.pbtxt; then model.json's classes; else numeric ids (with a warning)."""
-    from od.label_map import LabelMapError, read_label_map
+    from od.io.label_map import LabelMapError, read_label_map
 
     embedded = source.export_dir / "label_map.pbtxt" if source.export_dir else None
     candidates: list[Path] = []
@@ -531,7 +532,7 @@ class OutputWriter:
         return self._target(self.out / f"{item.key}{suffix}")
 
     def write(self, item: InputImage, image: "Image.Image", detections: list[Detection]) -> Result:
-        from od.draw import draw_detections
+        from od.viz.draw import draw_detections
 
         res = Result(item, image.width, image.height, detections)
         annotated = draw_detections(image, detections)
@@ -569,7 +570,7 @@ class OutputWriter:
     def _write_voc(self, item: InputImage, image: "Image.Image", detections: list[Detection]) -> bool:
         """XML + the exact pixels detected on, side by side in <out>/voc/ (LabelImg and od.records
         both find the image next to its XML). Returns False when an existing XML was kept."""
-        from od.voc import write_voc
+        from od.data.voc import write_voc
 
         xml = self._target(self.out / "voc" / f"{item.key}.xml")
         if xml.exists() and not self.force:
@@ -647,7 +648,7 @@ def run(
     reported and skipped; the rest go on."""
     from tqdm import tqdm
 
-    from od.images import open_image_rgb
+    from od.data.images import open_image_rgb
 
     def load(item: InputImage):
         try:

@@ -39,16 +39,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from od.util import (
-    EXIT_FAILURES,
-    EXIT_OK,
-    EXIT_USAGE,
-    atomic_write_text,
-    error,
-    note_default,
-    print_table,
-    warn,
-)
+from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
+from od.io.files import atomic_write_text
 
 METRICS_VERSION = 1
 COCO_STAT_NAMES = (
@@ -587,7 +579,7 @@ def find_split_files(records: str, split: str) -> list[str]:
     elif Path(records).is_file():
         files = [records]
     elif Path(records).is_dir():
-        from od.records import shard_pattern
+        from od.io.shards import shard_pattern
 
         files = sorted(glob.glob(os.path.join(records, shard_pattern(split))))
         if not files:
@@ -824,7 +816,7 @@ def collect(
     progress: bool = True,
 ) -> EvalData:
     """Run ``predictor`` over the records; ground truth decoded from the same records."""
-    from od.tfexample import decode_example
+    from od.io.example import decode_example
 
     gts: list[ImageGroundTruth] = []
     preds: list[ImagePredictions] = []
@@ -840,7 +832,7 @@ def collect(
 
         bar = tqdm(total=total, desc="od: evaluating", unit="img", file=sys.stderr, dynamic_ncols=True)
     t0 = time.perf_counter()
-    from od.tfexample import ExampleError
+    from od.io.example import ExampleError
 
     for n, (serialized, h, w, yxyx, scores, cls) in enumerate(predictor.run(files, batch_size)):
         if bar is not None:
@@ -906,8 +898,8 @@ def gallery_images(items: Sequence[GalleryItem], classes: Mapping[int, str], sco
     """(caption, GT drawing, prediction drawing) triples via od.draw."""
     from PIL import Image
 
-    from od.draw import draw_boxes, draw_detections
-    from od.types import Box, Detection
+    from od.viz.draw import draw_boxes, draw_detections
+    from od.core import Box, Detection
 
     out = []
     for it in items:
@@ -940,7 +932,7 @@ def write_plots(
     score_threshold: float = 0.5,
 ) -> dict[str, str]:
     """All PNGs; a plot that fails is reported and the others still get written."""
-    from od import plots
+    from od.viz import plots
 
     written: dict[str, str] = {}
 
@@ -1042,7 +1034,7 @@ def _load_json(path: str) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from od.label_map import LabelMapError, read_label_map
+    from od.io.label_map import LabelMapError, read_label_map
 
     model_dir = args.model_dir
     export_dir = args.exported

@@ -30,15 +30,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from od.util import (
-    EXIT_OK,
-    EXIT_USAGE,
-    atomic_dir,
-    error,
-    note_default,
-    print_table,
-    warn,
-)
+from od.console import EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
+from od.io.files import atomic_dir
 
 # Signature name -> Model Garden input type. ``serving_default`` is the uint8 tensor one.
 SIGNATURES = {"serving_default": "image_tensor", "image_bytes": "image_bytes", "tf_example": "tf_example"}
@@ -458,7 +451,8 @@ def iter_calibration_canvases(
 
     from PIL import Image
 
-    from od.tfexample import decode_example, iter_records
+    from od.io.example import decode_example
+    from od.io.tfrecord import iter_records
 
     n = 0
     for rec in iter_records(files):
@@ -549,7 +543,7 @@ def export_model(
     if tflite is not None and tflite not in TFLITE_MODES:
         raise ExportError(f"--tflite {tflite}: choose one of {', '.join(TFLITE_MODES)}")
 
-    from od.label_map import LabelMapError, read_label_map
+    from od.io.label_map import LabelMapError, read_label_map
 
     try:
         label_map = read_label_map(model_dir / "label_map.pbtxt")

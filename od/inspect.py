@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     from PIL import Image
 
-from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, atomic_write_bytes, error, print_table, warn
+from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
+from od.io.files import atomic_write_bytes
 
 RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
 _EPS = 1e-4  # float32 storage of coordinates computed in float64
@@ -180,7 +181,7 @@ class _Inspector:
         self.duplicate_sources = 0
 
     def record(self, path: str, n: int, rec: bytes) -> None:
-        from od.tfexample import ExampleError, decode_example
+        from od.io.example import ExampleError, decode_example
 
         res = self.res
         res.num_records += 1
@@ -269,7 +270,7 @@ def inspect_records(
     progress: bool = False,
 ) -> InspectResult:
     """Read every record of ``files``; bad data becomes a RecordProblem, never an exception."""
-    from od.tfexample import iter_file_records
+    from od.io.tfrecord import iter_file_records
 
     res = InspectResult(files=list(files))
     if label_map is not None:
@@ -323,7 +324,7 @@ def make_gallery(samples: Sequence, label_map=None, cell: int = 320) -> Image.Im
     """
     from PIL import Image, ImageDraw
 
-    from od.draw import draw_boxes
+    from od.viz.draw import draw_boxes
 
     n = len(samples)
     cols = max(1, math.ceil(math.sqrt(n)))
@@ -413,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     label_map = None
     if args.label_map:
-        from od.label_map import LabelMapError, read_label_map
+        from od.io.label_map import LabelMapError, read_label_map
 
         try:
             label_map = read_label_map(args.label_map)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from od.util import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
+from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
 
 # Keys in the model config that may change between runs in one model dir (everything else must match).
 EXTENDABLE = ("trainer.train_steps",)
@@ -131,7 +131,7 @@ def write_text(path: str, text: str) -> None:
         with tf.io.gfile.GFile(path, "w") as f:
             f.write(text)
     else:
-        from od.util import atomic_write_text
+        from od.io.files import atomic_write_text
 
         atomic_write_text(path, text)
 
@@ -402,7 +402,7 @@ def run(args) -> int:
     tf.io.gfile.makedirs(model_dir)
     write_text(_join(model_dir, configs.PIPELINE_FILE), configs.config_yaml(params))
     write_text(_join(model_dir, configs.HEADER_FILE), configs.header_yaml(header))
-    from od.label_map import format_label_map
+    from od.io.label_map import format_label_map
 
     write_text(_join(model_dir, configs.LABEL_MAP_FILE), format_label_map(r.label_map))
 

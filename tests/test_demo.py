@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from od import demo
-from od.voc import parse_voc
+from od.data.voc import parse_voc
 
 
 def _files(d: Path) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from od import detect
-from od.draw import color_for
+from od.viz.draw import color_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,7 +200,7 @@ def test_other_formats(tmp_path, model, mode, fmt, suffix):
 
 
 def test_save_voc_reads_back(tmp_path, model):
-    from od.voc import parse_voc
+    from od.data.voc import parse_voc
 
     w, h = 400, 300
     src = _img(tmp_path / "photos" / "shot.jpg", size=(w, h))
@@ -244,7 +244,8 @@ def test_save_voc_then_records(tmp_path, model):
     assert (total_images, total_boxes) == (3, 9)
     assert not [p for p in report["problems"] if p["action"] != "fixed"], report["problems"]
 
-    from od.tfexample import decode_example, iter_records
+    from od.io.example import decode_example
+    from od.io.tfrecord import iter_records
 
     files = sorted(rec_out.glob("*.tfrecord"))
     want = sorted(

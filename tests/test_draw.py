@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from od.draw import (
+from od.viz.draw import (
     color_for,
     draw_boxes,
     draw_detections,
@@ -19,7 +19,7 @@ from od.draw import (
     line_width_for,
     text_color_for,
 )
-from od.types import Box, Detection
+from od.core import Box, Detection
 
 BG = (40, 40, 40)
 
@@ -184,6 +184,6 @@ def test_draw_detections_higher_score_on_top():
 
 
 def test_draw_does_not_import_tensorflow():
-    code = "import sys, od.draw; print('tensorflow' in sys.modules)"
+    code = "import sys, od.viz.draw; print('tensorflow' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"

@@ -259,8 +259,9 @@ def _jpeg(w, h, seed):
 def _write_records(records_dir: Path, split="val", sizes=((160, 120), (90, 200), (128, 128)), corrupt_at=None):
     """Each image has a circle box at the central half and a square in the top-left corner;
     ``corrupt_at`` inserts a record whose JPEG bytes are garbage."""
-    from od.tfexample import encode_example, write_records
-    from od.types import Box
+    from od.io.example import encode_example
+    from od.io.tfrecord import write_records
+    from od.core import Box
 
     serialized = []
     for i, (w, h) in enumerate(sizes):
@@ -386,7 +387,7 @@ def test_cli_bad_input_is_a_usage_error(fake_export, tmp_path, capsys):
 
 
 def test_help_is_fast_and_does_not_import_tensorflow():
-    code = "import sys; from od import evaluate, plots; assert 'tensorflow' not in sys.modules"
+    code = "import sys; from od import evaluate; from od.viz import plots; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     r = subprocess.run([sys.executable, "-m", "od.evaluate", "--help"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0 and "--exported" in r.stdout

@@ -85,7 +85,7 @@ def make_model_dir(root: Path, kind: str = "frcnn", *, best: bool = True, metric
     import tf_keras
     from official.core import task_factory
 
-    from od.label_map import LabelMap, write_label_map
+    from od.io.label_map import LabelMap, write_label_map
 
     root.mkdir(parents=True, exist_ok=True)
     tf_keras.utils.set_random_seed(1)
@@ -291,7 +291,7 @@ def test_signatures_inputs_outputs(frcnn_saved, frcnn_export):
     assert np.all(np.diff(out["detection_scores"][0, :k]) <= 1e-6)  # sorted high to low
 
     # The same pixels through the other two signatures give the same detections (PNG is lossless).
-    from od.tfexample import encode_example
+    from od.io.example import encode_example
 
     png = _encode(img, "PNG")
     by_bytes = _run(sigs["image_bytes"], [png])
@@ -460,7 +460,8 @@ def test_tflite_float32_matches_saved_model(retina_dir, tmp_path):
 
 @pytest.mark.slow
 def test_tflite_float16_and_int8_from_records(retina_dir, tmp_path):
-    from od.tfexample import encode_example, write_records
+    from od.io.example import encode_example
+    from od.io.tfrecord import write_records
 
     recs = tmp_path / "records"
     exs = []
@@ -539,7 +540,8 @@ def test_cli_on_a_few_step_od_train_run(tmp_path):
 
     import tensorflow as tf
 
-    from od.tfexample import decode_example, iter_records
+    from od.io.example import decode_example
+    from od.io.tfrecord import iter_records
 
     saved = tf.saved_model.load(str(out / "saved_model"))
     vals = sorted((tmp_path / "records").glob("val-*.tfrecord"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from od.images import ImageError, open_image_rgb, prepare_image
-from od.types import FIXED, SKIPPED_IMAGE
+from od.data.images import ImageError, open_image_rgb, prepare_image
+from od.core import FIXED, SKIPPED_IMAGE
 
 
 def _save(im: Image.Image, path: Path, fmt: str, **kw) -> Path:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from od.draw import color_for
+from od.viz.draw import color_for
 from od.inspect import expand_inputs, inspect_records, main
-from od.label_map import LabelMap, write_label_map
-from od.tfexample import encode_example, source_id_for, write_records
-from od.types import Box
+from od.io.label_map import LabelMap, write_label_map
+from od.io.example import encode_example, source_id_for
+from od.io.tfrecord import write_records
+from od.core import Box
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RACCOON = SHARED / "datasets" / "raccoon"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from od.label_map import (
+from od.io.label_map import (
     LabelMap,
     LabelMapError,
     format_label_map,
@@ -117,7 +117,7 @@ def test_labelmap_validates_itself() -> None:
 
 
 def test_no_tensorflow_import() -> None:
-    code = "import sys, od.label_map as m; m.parse_label_map(\"item {id: 1 name: 'x'}\"); print('tensorflow' in sys.modules)"
+    code = "import sys, od.io.label_map as m; m.parse_label_map(\"item {id: 1 name: 'x'}\"); print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from od import plots
+from od.viz import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

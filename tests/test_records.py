@@ -15,10 +15,13 @@ import pytest
 from PIL import Image
 
 from od import demo, records
-from od.label_map import read_label_map
-from od.tfexample import decode_example, iter_records
-from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE
-from od.voc import apply_box_rules, parse_voc
+from od.data import convert, plan, workers
+from od.data import layout as odlayout
+from od.io.label_map import read_label_map
+from od.io.example import decode_example
+from od.io.tfrecord import iter_records
+from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE
+from od.data.voc import apply_box_rules, parse_voc
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -75,8 +78,9 @@ def _examples(out: Path) -> dict[str, tuple[str, object]]:
 
 PARALLEL_EVEN_WHEN_SMALL = (
     "from od import records\n"
-    "records.MIN_PARALLEL = 0  # use the worker processes even for a small set\n"
-    "records.CHUNK_MIN_ITEMS = 4  # and split shards of a few images into chunks\n"
+    "from od.data import convert, workers\n"
+    "workers.MIN_PARALLEL = 0  # use the worker processes even for a small set\n"
+    "workers.CHUNK_MIN_ITEMS = 4  # and split shards of a few images into chunks\n"
 )
 
 
@@ -356,7 +360,7 @@ def test_layout_annotations_beside_images(tmp_path, ann_name, img_name):
     ds = tmp_path / "ds"
     _img(ds / img_name / "a.jpg")
     _xml(ds / ann_name / "a.xml", "a.jpg", objects=[("cat", 1, 1, 20, 20)])
-    layout = records.detect_layout(ds)
+    layout = odlayout.detect_layout(ds)
     assert layout.kind == "folders" and layout.annotations_dir == ds / ann_name and layout.images_dir == ds / img_name
     rc, rep = _convert([str(ds), "--out", str(tmp_path / "r"), "--label-map", str(tmp_path / "lm.pbtxt")])
     assert rc == 0 and rep["summary"]["layout"] == "folders" and rep["summary"]["images_converted"] == 1
@@ -367,7 +371,7 @@ def test_layout_flat_nested_and_explicit_override(tmp_path):
     for sub in ("", "day/", "night/"):
         _img(ds / f"{sub}p.jpg")
         _xml(ds / f"{sub}p.xml", "p.jpg", objects=[("cat", 1, 1, 20, 20)])
-    assert records.detect_layout(ds).kind == "flat"
+    assert odlayout.detect_layout(ds).kind == "flat"
     rc, rep = _convert([str(ds), "--out", str(tmp_path / "r"), "--label-map", str(tmp_path / "lm.pbtxt")])
     assert rc == 0 and rep["summary"]["images_converted"] == 3
     ex = _examples(tmp_path / "r")
@@ -377,8 +381,8 @@ def test_layout_flat_nested_and_explicit_override(tmp_path):
     odd = tmp_path / "odd"
     _img(odd / "pics" / "q.jpg")
     _xml(odd / "labels" / "q.xml", "q.jpg", objects=[("cat", 1, 1, 20, 20)])
-    with pytest.raises(records.UsageError):
-        records.detect_layout(odd / "pics")
+    with pytest.raises(odlayout.UsageError):
+        odlayout.detect_layout(odd / "pics")
     rc, rep = _convert([str(odd), "--annotations", "labels", "--images", "pics",
                         "--out", str(tmp_path / "r2"), "--label-map", str(tmp_path / "lm.pbtxt")])
     assert rc == 0 and rep["summary"]["layout"] == "explicit" and rep["summary"]["images_converted"] == 1
@@ -396,7 +400,7 @@ def test_vocdevkit_imagesets_split_honoured(tmp_path):
     (main / "train.txt").write_text("000001\n000002\n")
     (main / "val.txt").write_text("000003\n")
     (main / "test.txt").write_text("000004\n")
-    layout = records.detect_layout(root)  # the VOCdevkit root with a single year folder works too
+    layout = odlayout.detect_layout(root)  # the VOCdevkit root with a single year folder works too
     assert layout.kind == "voc" and layout.root == voc and layout.imagesets_dir == main
     rc, rep = _convert([str(voc), "--out", str(tmp_path / "r"), "--label-map", str(tmp_path / "lm.pbtxt"),
                         "--skip-difficult"])
@@ -456,7 +460,7 @@ def test_interrupted_run_leaves_no_finished_looking_shard(tmp_path, monkeypatch)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     demo.generate(ds, 20, seed=2)  # more data, then the next run is interrupted part-way
 
-    real = records._convert_item
+    real = convert._convert_item
     calls = {"n": 0}
 
     def flaky(item, name_to_id):
@@ -465,14 +469,14 @@ def test_interrupted_run_leaves_no_finished_looking_shard(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(item, name_to_id)
 
-    monkeypatch.setattr(records, "_convert_item", flaky)
+    monkeypatch.setattr(convert, "_convert_item", flaky)
     rc = records.main([str(ds), "--out", str(out), "--label-map", str(lm), "--quiet", "--workers", "1", "--shards", "2"])
     assert rc == 130
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after == before  # old shards + report untouched, no temp files, no new-looking shards
     # a stale temp from a killed process is cleaned by the next run
     (out / ".train-00000-of-00002.tfrecord.999.tmp").write_bytes(b"partial")
-    monkeypatch.setattr(records, "_convert_item", real)
+    monkeypatch.setattr(convert, "_convert_item", real)
     assert _convert([str(ds), "--out", str(out), "--label-map", str(lm), "--shards", "2"])[0] == 0
     names = sorted(p.name for p in out.iterdir())
     rep = json.loads((out / "report.json").read_text())
@@ -490,11 +494,11 @@ def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
     assert _convert([*args, "--out", str(tmp_path / "one")])[0] == 0
     script = PARALLEL_EVEN_WHEN_SMALL + (
         "import os\n"
-        "real = records.write_shard\n"
-        "def spy(task, progress=records._no_progress):\n"
+        "real = workers.write_shard\n"
+        "def spy(task, progress=convert._no_progress):\n"
         "    print('CHUNK', os.getpid(), task.tmp_path.rsplit('.', 2)[-2], len(task.items), flush=True)\n"
         "    return real(task, progress)\n"
-        "records.write_shard = spy\n"
+        "workers.write_shard = spy\n"
         f"rc = records.main({[*args, '--out', str(tmp_path / 'two'), '--workers', '3', '--quiet']!r})\n"
         "print('RC', rc)\n"
     )
@@ -512,18 +516,18 @@ def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
 def test_chunking_only_where_workers_would_wait(tmp_path):
     def task(split, n):
         items = tuple(
-            records.Item(i, f"k{i}", split, "x.xml", "x.jpg", "x.jpg", "x.jpg", None, (), i + 1) for i in range(n)
+            plan.Item(i, f"k{i}", split, "x.xml", "x.jpg", "x.jpg", "x.jpg", None, (), i + 1) for i in range(n)
         )
-        return records.ShardTask(split, f"/o/{split}", f"/o/.{split}.1.tmp", items, {})
+        return plan.ShardTask(split, f"/o/{split}", f"/o/.{split}.1.tmp", items, {})
 
     even = [task("train", 400), task("train", 400), task("val", 100), task("val", 100)]
-    assert records._chunked(even, 2) == list(enumerate(even))  # whole shards already share out evenly
+    assert workers._chunked(even, 2) == list(enumerate(even))  # whole shards already share out evenly
     lone = [task("train", 800), task("val", 200)]
-    parts = records._chunked(lone, 2)
+    parts = workers._chunked(lone, 2)
     assert [(s, len(t.items)) for s, t in parts] == [(0, 500), (0, 300), (1, 200)]
     assert [t.tmp_path for _, t in parts] == ["/o/.train.1-0.tmp", "/o/.train.1-1.tmp", "/o/.val.1.tmp"]
     assert [it for _, t in parts[:2] for it in t.items] == list(lone[0].items)  # in order, nothing lost
-    assert records._chunked(lone, 1) == list(enumerate(lone))
+    assert workers._chunked(lone, 1) == list(enumerate(lone))
 
 
 @pytest.mark.parametrize("kernel_copy", ["works", "unsupported", "fails part-way"])
@@ -545,7 +549,7 @@ def test_join_parts_with_and_without_copy_file_range(tmp_path, monkeypatch, kern
     for k, b in enumerate(blobs):
         (tmp_path / f"p{k}").write_bytes(b)
         parts.append(str(tmp_path / f"p{k}"))
-    records._join_parts(str(tmp_path / "shard"), parts)
+    workers._join_parts(str(tmp_path / "shard"), parts)
     assert (tmp_path / "shard").read_bytes() == b"".join(blobs)
     if real is not None and kernel_copy != "unsupported":
         assert calls["copied"] >= (sum(map(len, blobs[1:])) if kernel_copy == "works" else 100)
@@ -559,15 +563,15 @@ def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
     script = PARALLEL_EVEN_WHEN_SMALL + (
         "import os\n"
         "parent = os.getpid()\n"
-        "real = records._convert_item\n"
+        "real = convert._convert_item\n"
         "def boom(item, name_to_id):\n"
         "    if os.getpid() != parent:\n"
         "        raise RuntimeError('disk on fire')\n"
         "    return real(item, name_to_id)\n"
-        "records._convert_item = boom\n"
+        "convert._convert_item = boom\n"
         "try:\n"
         f"    records.main({[str(ds), '--out', str(out), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2', '--quiet']!r})\n"
-        "except records.WorkerError as e:\n"
+        "except workers.WorkerError as e:\n"
         "    print('WORKER-ERROR', 'disk on fire' in str(e))\n"
     )
     said = _python(script)

@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from od.tfexample import (
-    DecodedExample,
-    ExampleError,
-    decode_example,
-    encode_example,
-    iter_records,
-    source_id_for,
-    write_records,
-)
-from od.types import Box
+from od.io.example import DecodedExample, ExampleError, decode_example, encode_example, source_id_for
+from od.io.tfrecord import iter_records, write_records
+from od.core import Box
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 RACCOON_RECORD = SHARED / "datasets" / "raccoon" / "test.record"
@@ -94,7 +87,7 @@ def test_source_id_for() -> None:
 
 def test_encode_does_not_import_tensorflow() -> None:
     code = (
-        "import sys\nfrom od.tfexample import encode_example, decode_example\nfrom od.types import Box\n"
+        "import sys\nfrom od.io.example import encode_example, decode_example\nfrom od.core import Box\n"
         "s = encode_example(image_bytes=b'x', image_format='jpeg', width=2, height=2, filename='f',"
         " source_id=1, boxes=[Box(0,0,1,1,name='a')], class_ids=[1])\n"
         "decode_example(s)\nprint('tensorflow' in sys.modules)"
@@ -142,7 +135,7 @@ def test_tensorflow_and_model_garden_read_it(tmp_path: Path) -> None:
 def test_tfrecord_framing_matches_tensorflow(tmp_path: Path, monkeypatch) -> None:
     import tensorflow as tf
 
-    import od.tfexample as tfe
+    import od.io.tfrecord as tfe
 
     recs = [_encode(), b"", b"x" * 1000]
     ours = tmp_path / "ours.tfrecord"
@@ -210,7 +203,7 @@ def _encode_with_protobuf(*, image_bytes, image_format, width, height, filename,
     """The reference: the same Example built as a protobuf message and serialised deterministically."""
     import hashlib
 
-    import od.tfexample as tfe
+    import od.io.example as tfe
 
     ex = tfe._example_class()()
     f = ex.features.feature
@@ -261,7 +254,7 @@ def _random_cases(n: int):
 
 
 def test_hand_written_wire_format_is_byte_identical_to_protobuf() -> None:
-    from od.tfexample import encode_example_parts
+    from od.io.example import encode_example_parts
 
     for kw in _random_cases(400):
         ref = _encode_with_protobuf(**kw)
@@ -278,7 +271,8 @@ def test_hand_written_wire_format_is_byte_identical_to_protobuf() -> None:
 def test_hand_written_wire_format_parses_as_tf_example_and_parts_write_like_tensorflow(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from od.tfexample import RecordWriter, encode_example_parts
+    from od.io.example import encode_example_parts
+    from od.io.tfrecord import RecordWriter
 
     cases = list(_random_cases(40))
     for kw in cases:

@@ -10,8 +10,8 @@ import pytest
 from lxml import etree
 from PIL import Image
 
-from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Box
-from od.voc import _parser, apply_box_rules, format_voc, parse_voc, write_voc
+from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Box
+from od.data.voc import _parser, apply_box_rules, format_voc, parse_voc, write_voc
 
 
 def _jpg(path: Path, size=(64, 48)) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from od.util import atomic_write_text
+from od.io.files import atomic_write_text
 
 _PROTO_FILE = "od/string_int_label_map.proto"  # private name: never clashes with a real pb2 module
 _PACKAGE = "object_detection.protos"

@@ -1,7 +1,4 @@
-"""Small pieces every step needs: safe writes, tables, CLI conventions.
-
-Nothing here imports TensorFlow, so every CLI can use it during argument parsing.
-"""
+"""Reading and writing files safely: whole-file reads, and writes that never leave half a file."""
 
 from __future__ import annotations
 
@@ -9,15 +6,9 @@ import contextlib
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
-
-# Exit codes shared by every CLI.
-EXIT_OK = 0
-EXIT_FAILURES = 1  # done, but some inputs failed
-EXIT_USAGE = 2
+from typing import Iterator
 
 
 def _umask() -> int:
@@ -116,50 +107,3 @@ def atomic_dir(target: str | os.PathLike, force: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A plain aligned text table (first column left, the rest right-aligned)."""
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [len(h) for h in headers]
-    for r in rows:
-        for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(c))
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
-
-    lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in rows]
-    return "\n".join(lines)
-
-
-def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], file=None) -> None:
-    print(format_table(headers, rows), file=file or sys.stdout)
-
-
-def note_default(what: str, value: object) -> None:
-    """Say which default was used, so nothing happens silently."""
-    print(f"od: using default {what}: {value}", file=sys.stderr)
-
-
-def error(msg: str) -> None:
-    print(f"od: error: {msg}", file=sys.stderr)
-
-
-def warn(msg: str) -> None:
-    print(f"od: warning: {msg}", file=sys.stderr)
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
-    """``key=value`` pairs (Ultralytics-style) -> dict; raises ValueError naming the bad pair."""
-    out: dict[str, str] = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ValueError(f"override {p!r} is not key=value")
-        k, v = p.split("=", 1)
-        k = k.strip()
-        if not k:
-            raise ValueError(f"override {p!r} has an empty key")
-        out[k] = v.strip()
-    return out

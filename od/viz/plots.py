@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from od.util import atomic_write_bytes
+from od.io.files import atomic_write_bytes
 
 Scalars = dict[str, list[tuple[int, float]]]  # tag -> [(step, value)] sorted by step
 

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from od.types import FIXED, SKIPPED_IMAGE, Problem
-from od.util import canonical_path, read_file
+from od.core import FIXED, SKIPPED_IMAGE, Problem
+from od.io.files import canonical_path, read_file
 
 JPEG_QUALITY = 95
 ORIENTATION_TAG = 0x0112

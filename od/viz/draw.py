@@ -13,7 +13,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from od.types import Box, Detection
+from od.core import Box, Detection
 
 # Hand-picked, mutually distinct colours (bright enough to see on photos). Class ids 1..N map
 # to these in order, so the first classes of every label map always get the same colours.

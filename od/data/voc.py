@@ -21,8 +21,8 @@ from typing import Sequence
 
 from lxml import etree
 
-from od.types import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
-from od.util import atomic_write_bytes, canonical_path, read_file
+from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
+from od.io.files import atomic_write_bytes, canonical_path, read_file
 
 # Image suffixes tried when <filename> is missing/wrong (fallback: image with the XML's stem).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -1,0 +1,115 @@
+"""One image -> its Example parts (image checked, boxes ruled); one shard written from its images."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, NamedTuple, Sequence
+
+from od.core import SKIPPED_IMAGE, Box, Problem
+
+
+class Outcome(NamedTuple):
+    """What became of one image (a NamedTuple for the same reason as ``Item``)."""
+
+    index: int
+    converted: bool
+    width: int = 0
+    height: int = 0
+    fast_path: bool = False
+    reencoded: bool = False
+    class_counts: tuple[tuple[str, int], ...] = ()
+    problems: tuple[Problem, ...] = ()
+    kept_boxes: int = 0
+
+
+_hot_functions: tuple | None = None
+
+
+def _hot() -> tuple:
+    """``(prepare_image, apply_box_rules, encode_example_parts)``, imported on first use.
+
+    Not at module level: ``od.records --help`` must not load Pillow; not per image either
+    (an import statement costs a lookup through the import system every time).
+    """
+    global _hot_functions
+    if _hot_functions is None:
+        from od.data.images import prepare_image
+        from od.io.example import encode_example_parts
+        from od.data.voc import apply_box_rules
+
+        _hot_functions = (prepare_image, apply_box_rules, encode_example_parts)
+    return _hot_functions
+
+
+def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
+    """Prepare one image and encode its Example as ``(prefix, image bytes, suffix)`` parts."""
+    prepare_image, apply_box_rules, _ = _hot()
+    prep = prepare_image(item.image_path, item.xml_size, item.image_report)
+    if prep.data is None:
+        return Outcome(item.index, False, problems=prep.problems), None
+    boxes, box_problems = apply_box_rules(item.boxes, prep.width, prep.height, item.xml_name)
+    try:
+        rec = _encode(item, prep, boxes, name_to_id)
+    except ValueError as e:  # e.g. a class name or file name that is not valid UTF-8 text
+        problem = Problem(item.image_report, f"cannot encode the Example: {e}", SKIPPED_IMAGE)
+        return Outcome(item.index, False, problems=prep.problems + box_problems + (problem,)), None
+    counts = Counter(b.name for b in boxes)
+    return (
+        Outcome(
+            item.index, True, prep.width, prep.height, prep.fast_path, not prep.fast_path,
+            tuple(sorted(counts.items())), prep.problems + box_problems, len(boxes),
+        ),
+        rec,
+    )
+
+
+def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> tuple:
+    return _hot()[2](
+        image_bytes=prep.data,
+        image_format="jpeg",
+        width=prep.width,
+        height=prep.height,
+        filename=item.image_name,
+        source_id=item.source_id,
+        boxes=boxes,
+        class_ids=[name_to_id[b.name] for b in boxes],
+    )
+
+
+def _no_progress(n: int) -> None:
+    pass
+
+
+def write_shard(task: ShardTask, progress: Callable[[int], None] = _no_progress) -> list[Outcome]:
+    """Convert and write one shard to its temp name (or only check, with ``dry_run``).
+
+    Streams: one image is in memory at a time, whatever the shard size.
+    """
+    from time import monotonic
+
+    from od.io.tfrecord import open_record_writer
+
+    outcomes: list[Outcome] = []
+    writer = None if task.dry_run else open_record_writer(task.tmp_path)
+    try:
+        pending = 0
+        last = monotonic()
+        for item in task.items:
+            out, rec = _convert_item(item, task.name_to_id)
+            outcomes.append(out)
+            if writer is not None and rec is not None:
+                writer.write(rec)
+            # Drop this image's bytes before reading the next: the allocator then reuses the
+            # same (already mapped) memory instead of faulting in fresh pages for every image.
+            rec = None
+            pending += 1
+            if pending >= 256 or monotonic() - last >= 0.2:  # a few updates a second is plenty
+                progress(pending)
+                pending = 0
+                last = monotonic()
+        if pending:
+            progress(pending)
+    finally:
+        if writer is not None:
+            writer.close()
+    return outcomes

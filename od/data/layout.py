@@ -1,0 +1,119 @@
+"""Where a dataset's XML and images are: the three VOC layouts, and ImageSets/Main lists."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ANNOTATION_DIRS = ("annotations", "Annotations", "annots", "xml")
+IMAGE_DIRS = ("images", "JPEGImages", "imgs")
+
+
+class UsageError(Exception):
+    """Bad command line or unusable DATA_DIR (exit 2)."""
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # voc | folders | flat | explicit
+    root: Path  # dataset root: images are never read from outside it (or images_dir)
+    annotations_dir: Path
+    images_dir: Path | None  # None: each image beside its XML
+    imagesets_dir: Path | None = None
+    description: str = ""
+
+    def images_dir_for(self, xml: Path) -> Path | None:
+        """Where ``xml``'s image lives; nested annotation folders mirror into the images folder."""
+        if self.images_dir is None:
+            return xml.parent
+        rel = xml.parent.relative_to(self.annotations_dir)
+        return self.images_dir / rel
+
+
+def _has_imagesets(year_dir: Path) -> Path | None:
+    main = year_dir / "ImageSets" / "Main"
+    if any((main / f"{n}.txt").is_file() for n in ("train", "val", "trainval", "test")):
+        return main
+    return None
+
+
+def _is_voc_year(d: Path) -> bool:
+    return (d / "Annotations").is_dir() and (d / "JPEGImages").is_dir()
+
+
+def _resolve_dir(arg: str, data_dir: Path | None, what: str) -> Path:
+    p = Path(arg)
+    if not p.is_dir() and data_dir is not None and not p.is_absolute() and (data_dir / p).is_dir():
+        p = data_dir / p
+    if not p.is_dir():
+        raise UsageError(f"{what} {arg}: no such folder")
+    return p
+
+
+def detect_layout(data_dir: str | Path | None, annotations: str | None = None, images: str | None = None) -> Layout:
+    """Work out where the XML and images are; raises UsageError with what was expected."""
+    dd = Path(data_dir) if data_dir is not None else None
+    if dd is not None and not dd.is_dir():
+        raise UsageError(f"DATA_DIR {dd}: no such folder")
+    if annotations or images:
+        ann = _resolve_dir(annotations, dd, "--annotations") if annotations else dd
+        if ann is None:
+            raise UsageError("give DATA_DIR or --annotations")
+        img = _resolve_dir(images, dd, "--images") if images else None
+        root = dd if dd is not None else Path(os.path.commonpath([ann.resolve()] + ([img.resolve()] if img else [])))
+        sets = _has_imagesets(dd) if dd is not None else None
+        desc = f"--annotations {ann}" + (f" --images {img}" if img else " (images beside the XML)")
+        return Layout("explicit", root, ann, img, sets, desc)
+    assert dd is not None
+    if _is_voc_year(dd):
+        sets = _has_imagesets(dd)
+        desc = "VOCdevkit year folder (Annotations/ + JPEGImages/" + (" + ImageSets/Main" if sets else "") + ")"
+        return Layout("voc", dd, dd / "Annotations", dd / "JPEGImages", sets, desc)
+    years: list[Path] = []
+    if dd.is_dir():
+        with os.scandir(dd) as entries:  # DirEntry.is_dir: no stat per file in a flat folder of images
+            years = sorted(Path(e.path) for e in entries if e.is_dir() and _is_voc_year(Path(e.path)))
+    if len(years) == 1:
+        y = years[0]
+        sets = _has_imagesets(y)
+        desc = f"VOCdevkit year folder {y.name}/ (Annotations/ + JPEGImages/" + (" + ImageSets/Main" if sets else "") + ")"
+        return Layout("voc", y, y / "Annotations", y / "JPEGImages", sets, desc)
+    if len(years) > 1:
+        names = ", ".join(str(y) for y in years)
+        raise UsageError(f"{dd} holds several VOC year folders ({names}); pass one of them as DATA_DIR")
+    ann = next((dd / n for n in ANNOTATION_DIRS if (dd / n).is_dir()), None)
+    img = next((dd / n for n in IMAGE_DIRS if (dd / n).is_dir()), None)
+    if ann is not None and any(ann.rglob("*.xml")):
+        if img is not None:
+            return Layout("folders", dd, ann, img, None, f"{ann.name}/ beside {img.name}/")
+        return Layout("folders", dd, ann, None, None, f"{ann.name}/ (images beside the XML)")
+    if next(_iter_xml_names(dd), None) is not None:
+        return Layout("flat", dd, dd, None, None, "XML next to the images")
+    raise UsageError(
+        f"no Pascal VOC XML found in {dd}. Expected one of: a VOCdevkit year folder (Annotations/, JPEGImages/, "
+        f"ImageSets/Main/); an annotations folder ({', '.join(ANNOTATION_DIRS)}) beside an images folder "
+        f"({', '.join(IMAGE_DIRS)}); or .xml files next to their images. Or pass --annotations DIR --images DIR."
+    )
+
+
+def _iter_xml_names(folder: Path):
+    """``(folder path, file name)`` of the XML files under ``folder`` (sorted; hidden folders and files skipped)."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.lower().endswith(".xml") and not f.startswith("."):
+                yield dirpath, f
+
+
+def read_imagesets(main_dir: Path) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "trainval": [...], "test": [...]}`` (first token of each line)."""
+    out: dict[str, list[str]] = {}
+    for name in ("train", "val", "trainval", "test"):
+        p = main_dir / f"{name}.txt"
+        if p.is_file():
+            out[name] = [ln.split()[0] for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.split()]
+    return out

@@ -1,0 +1,76 @@
+"""report.json: what was converted, per split and class, and every problem with what od did."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Problem
+from od.io.shards import SPLITS
+
+REPORT_VERSION = 1
+
+
+def build_report(
+    plan: Plan, data_dir: str, label_map_path: str, outcomes: Sequence[Outcome], files: dict[str, list[str]]
+) -> dict:
+    lm = plan.label_map
+    by_index = {o.index: o for o in outcomes}
+    splits: dict[str, dict] = {}
+    problems: list[Problem] = list(plan.problems)
+    for split in SPLITS:
+        its = [it for it in plan.items if it.split == split]
+        if not its and not files.get(split):
+            continue
+        per_class = {n: {"images": 0, "boxes": 0} for n in lm.names}
+        n_images = n_boxes = negatives = 0
+        for it in its:
+            o = by_index[it.index]
+            if not o.converted:
+                continue
+            n_images += 1
+            n_boxes += o.kept_boxes
+            negatives += o.kept_boxes == 0
+            for cls, n in o.class_counts:
+                per_class.setdefault(cls, {"images": 0, "boxes": 0})
+                per_class[cls]["images"] += 1
+                per_class[cls]["boxes"] += n
+        splits[split] = {
+            "files": files.get(split, []),
+            "num_images": n_images,
+            "num_boxes": n_boxes,
+            "negatives": negatives,
+            "per_class": per_class,
+        }
+    for it in plan.items:
+        problems.extend(by_index[it.index].problems)
+    # Planning problems come first per XML; keep a stable, readable order by file.
+    problems.sort(key=lambda p: p.file)
+    converted = [o for o in outcomes if o.converted]
+    actions = Counter(p.action for p in problems)
+    summary = {
+        "layout": plan.layout.kind,
+        "layout_description": plan.layout.description,
+        "split_source": plan.splits_source,
+        "xml_files": plan.num_xml,
+        "images_converted": len(converted),
+        "images_skipped": plan.num_xml - len(converted) - len(plan.not_listed),
+        "images_copied_unchanged": sum(o.fast_path for o in converted),
+        "images_reencoded": sum(o.reencoded for o in converted),
+        "boxes": sum(o.kept_boxes for o in converted),
+        "negatives": sum(o.kept_boxes == 0 for o in converted),
+        "problems": len(problems),
+        "problems_by_action": {a: actions.get(a, 0) for a in (SKIPPED_IMAGE, DROPPED_BOX, FIXED)},
+        "difficult_boxes_skipped": plan.difficult_skipped,
+        "not_in_imagesets": len(plan.not_listed),
+    }
+    return {
+        "version": REPORT_VERSION,
+        "data_dir": data_dir,
+        "label_map": label_map_path,
+        "classes": [{"id": i, "name": n} for i, n in lm.items],
+        "num_classes": lm.num_classes,
+        "splits": splits,
+        "problems": [p.to_dict() for p in problems],
+        "summary": summary,
+    }
