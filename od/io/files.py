@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -17,35 +18,58 @@ def _umask() -> int:
     return mask
 
 
-_O_RDONLY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+# O_NONBLOCK: opening a FIFO (or a device) must never wait for a writer; the fstat below then
+# refuses anything but a regular file. It changes nothing for regular files.
+_O_READ = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, socket, device or folder where a file was expected."""
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def read_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """The whole file, or its first ``limit`` bytes (like ``f.read(limit)``), with raw ``os`` calls.
+    """The whole regular file, or its first ``limit`` bytes.
 
-    Sized from ``fstat``: a buffered file object costs as much as reading a small image or
-    XML, and ``f.read(8 MB)`` allocates 8 MB for a few-KB file. One read of the size + 1
-    gets a regular file whole and shows its end (a short read), so no second read is made.
-    Raises OSError as ``open`` would.
+    Only regular files are read: anything else raises ``NotRegularFileError`` ("not a
+    regular file (a FIFO)") without blocking. Other failures raise OSError as ``open`` would.
     """
-    fd = os.open(path, _O_RDONLY)
+    try:
+        fd = os.open(path, _O_READ)
+    except IsADirectoryError:
+        raise NotRegularFileError(errno.EISDIR, "not a regular file (a folder)", os.fspath(path)) from None
     try:
         st = os.fstat(fd)
-        want = st.st_size if limit is None else min(st.st_size, limit)
-        ask = want + 1 if limit is None else min(limit, want + 1)
-        b = os.read(fd, ask)
-        if len(b) < ask and stat.S_ISREG(st.st_mode):
-            return b
-        chunks = [b]
-        got = len(b)
-        while b and (limit is None or got < limit):  # more than fstat said: not a regular file, or it grew
-            step = want - got + 1 if got <= want else 1 << 20
-            b = os.read(fd, step if limit is None else min(limit - got, step))
-            chunks.append(b)
-            got += len(b)
-        return b"".join(chunks)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(errno.EINVAL, f"not a regular file ({kind_of(st.st_mode)})", os.fspath(path))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read() if limit is None else f.read(limit)
     finally:
         os.close(fd)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A path as text for messages and the report: bytes that are not UTF-8 appear as ``\\xe9``.
+
+    Names from ``os`` come back with such bytes as lone surrogates, which cannot be printed
+    or written to JSON; this makes them visible instead of crashing.
+    """
+    s = os.fspath(path)
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def canonical_path(path: str | os.PathLike) -> str:
