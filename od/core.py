@@ -44,6 +44,7 @@ class Box:
     difficult: bool = False
     truncated: bool = False
     pose: str = "Unspecified"
+    origin: str = field(default="", compare=False)  # where it came from, for messages ("object 9 of 12")
 
     @property
     def width(self) -> float:

@@ -21,7 +21,6 @@ is complete; ``report.json`` is written last.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -32,9 +31,9 @@ from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, format_table, 
 from od.data.layout import Layout, UsageError, detect_layout
 from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
-from od.data.workers import Workers, run_tasks
-from od.io.files import atomic_write_text
-from od.io.shards import SHARD_RE, SPLITS, TMP_RE
+from od.data.output import REPORT_FILE, OutputError, commit, discard, locked, survey, temp_name
+from od.data.workers import WorkerError, run_tasks
+from od.io.shards import SPLITS
 
 DEFAULT_OUT = "data/records"
 DEFAULT_LABEL_MAP = "label_maps/label_map.pbtxt"
@@ -126,25 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shards", type=_positive, metavar="N", help="shards per split (default: ~150 MB each, at least 1)")
     ap.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: CPU count)")
     ap.add_argument("--skip-difficult", action="store_true", help="drop boxes marked difficult")
+    ap.add_argument("--follow-links", action="store_true",
+                    help="read files and folders that links lead to outside the dataset (listed in the report)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace files in --out that look like shards but were not written by od")
     ap.add_argument("--strict", action="store_true", help="any problem -> exit 1 before writing anything")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
-
-
-def _clean_stale(out: Path, keep: set[str] | None) -> list[str]:
-    """Remove temp shards of interrupted runs and (unless ``keep`` is None) shards not in ``keep``."""
-    removed: list[str] = []
-    if not out.is_dir():
-        return removed
-    for f in sorted(out.iterdir()):
-        old_shard = keep is not None and SHARD_RE.match(f.name) and f.name not in keep
-        if old_shard or TMP_RE.match(f.name):
-            try:
-                f.unlink()
-                removed.append(f.name)
-            except OSError:
-                pass
-    return removed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,23 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     lm_path = Path(args.label_map) if args.label_map else Path(DEFAULT_LABEL_MAP)
     if not args.label_map:
         note_default("--label-map", DEFAULT_LABEL_MAP)
-    val_fraction = args.val_fraction
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = args.workers or max(1, cpus)
     if args.workers is None:
         note_default("--workers", workers)
-    if out.exists() and not out.is_dir():
-        error(f"--out {out} exists and is not a folder")
-        return EXIT_USAGE
     if lm_path.is_dir():
         error(f"--label-map {lm_path} is a folder; give a .pbtxt file path")
         return EXIT_USAGE
-
     try:
         layout = detect_layout(args.data_dir, args.annotations, args.images)
     except UsageError as e:
         error(str(e))
         return EXIT_USAGE
+    val_fraction = args.val_fraction
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION
         if not layout.imagesets_dir:
@@ -187,32 +170,31 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     data_dir = args.data_dir if args.data_dir is not None else str(layout.root)
     print(f"od.records: reading {data_dir} (layout: {layout.description})", file=sys.stderr)
-    # A conversion makes a few small acyclic objects per image and keeps them to the end:
-    # the cycle collector would only rescan them again and again (~4% of the run).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        with Workers(workers, progress=not args.quiet) as pool:
-            return _run(args, layout, data_dir, out, lm_path, val_fraction, pool)
+        return _run(args, layout, data_dir, out, lm_path, val_fraction, workers)
     except KeyboardInterrupt:
-        error("interrupted; nothing was written")
+        error("interrupted; nothing was replaced")
         return 130
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+
+
+def _show_problems(found) -> None:
+    for pr in found[:MAX_PROBLEMS_SHOWN]:
+        print(f"  {pr}", file=sys.stderr)
+    if len(found) > MAX_PROBLEMS_SHOWN:
+        print(f"  ... {len(found) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
 
 
 def _run(
     args: argparse.Namespace, layout: Layout, data_dir: str, out: Path, lm_path: Path, val_fraction: float,
-    pool: Workers,
+    workers: int,
 ) -> int:
-    from od.io.label_map import LabelMapError, write_label_map
+    from od.io.label_map import LabelMapError
 
     show = not args.quiet
     try:
         plan = plan_dataset(
             layout, lm_path, add_classes=args.add_classes, skip_difficult=args.skip_difficult,
-            val_fraction=val_fraction, test_fraction=args.test_fraction, show_progress=show, pool=pool,
+            val_fraction=val_fraction, test_fraction=args.test_fraction, follow_links=args.follow_links,
         )
     except LabelMapError as e:
         error(f"{e} (fix it, or pass another --label-map)")
@@ -221,12 +203,16 @@ def _run(
         nc = len(plan.label_map)
         print(f"od.records: using existing label map {lm_path} ({nc} class{'es' if nc != 1 else ''})", file=sys.stderr)
     if plan.not_listed:
-        shown = ", ".join(plan.not_listed[:3]) + (" ..." if len(plan.not_listed) > 3 else "")
-        warn(f"{len(plan.not_listed)} XML files are not in any ImageSets/Main list and were left out ({shown})")
+        listed = ", ".join(plan.not_listed[:3]) + (" ..." if len(plan.not_listed) > 3 else "")
+        warn(f"{len(plan.not_listed)} XML files are not in any ImageSets/Main list and were left out ({listed})")
     if not plan.items:
-        for pr in plan.problems[:MAX_PROBLEMS_SHOWN]:
-            print(f"  {pr}", file=sys.stderr)
+        _show_problems(plan.problems)
         error(f"nothing to convert in {data_dir}: none of its {plan.num_xml} XML files is usable")
+        return EXIT_FAILURES
+    if plan.boxes_in_xml and not any(it.boxes for it in plan.items):
+        _show_problems(plan.problems)
+        error(f"no box would be kept: none of the dataset's classes ({', '.join(plan.unknown_classes)}) is in "
+              f"the label map {lm_path}; nothing was written (pass --add-classes, or another --label-map)")
         return EXIT_FAILURES
     if len(plan.label_map) == 0:
         warn("no object classes found (every image is a negative); the label map will be empty")
@@ -234,74 +220,125 @@ def _run(
     name_to_id = dict(plan.label_map.name_to_id)
     if args.strict:
         checks = make_shard_tasks(plan, out, args.shards, name_to_id, dry_run=True)
-        outcomes = run_tasks(checks, pool, len(plan.items), show, desc="checking")
+        outcomes = run_tasks(checks, workers, len(plan.items), show, "checking")
         found = list(plan.problems) + [p for o in sorted(outcomes, key=lambda o: o.index) for p in o.problems]
         if found:
-            for pr in found[:MAX_PROBLEMS_SHOWN]:
-                print(f"  {pr}", file=sys.stderr)
-            if len(found) > MAX_PROBLEMS_SHOWN:
-                print(f"  ... {len(found) - MAX_PROBLEMS_SHOWN} more", file=sys.stderr)
+            _show_problems(found)
             error(f"--strict: {len(found)} problems found; nothing written")
             return EXIT_FAILURES
 
-    out.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out, keep=None)  # leftovers of interrupted runs only (temp names)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        error(f"--out {out}: cannot create the folder: {e.strerror or e}")
+        return EXIT_USAGE
+    notes: list[str] = []
+    try:
+        with locked(out, notes):
+            for n in notes:
+                print(f"od: note: {n}", file=sys.stderr)
+            return _write(args, plan, data_dir, out, lm_path, workers, name_to_id, show)
+    except OutputError as e:
+        error(str(e))
+        return EXIT_USAGE
+    except WorkerError as e:
+        error(f"{e}; nothing in {out} was replaced")
+        return EXIT_FAILURES
+    except OSError as e:
+        where = e.filename or out
+        error(f"cannot write {where}: {e.strerror or e}; nothing in {out} was replaced")
+        return EXIT_FAILURES
+
+
+def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, name_to_id: dict, show: bool) -> int:
+    """Write every file under a temp name, check, then rename them all (under the lock)."""
+    from od.io.label_map import read_label_map
+    from od.io.tfrecord import iter_file_records
+
+    existing = survey(out)
+    discard([str(out / f) for f in existing.stale_temps])  # of od runs that died: nobody else writes here
     tasks = make_shard_tasks(plan, out, args.shards, name_to_id)
     if args.shards is None:
         note_default("--shards", "about 150 MB per shard (" + ", ".join(
             f"{s}: {sum(t.split == s for t in tasks)}" for s in SPLITS if any(t.split == s for t in tasks)) + ")")
+    new_names = {Path(t.final_path).name for t in tasks}
+    clash = [f for f in existing.foreign if f in new_names]
+    if clash and not args.force:
+        raise OutputError(f"{out / clash[0]} was not written by od (it is not listed in {out / REPORT_FILE}); "
+                          "move it away, or pass --force to replace it")
+    temps = [t.tmp_path for t in tasks]
     try:
-        outcomes = run_tasks(tasks, pool, len(plan.items), show)
-    except BaseException as e:
-        pool.terminate()  # stop workers before removing the temp shards they write
+        outcomes = run_tasks(tasks, workers, len(plan.items), show, "converting")
+        files: dict[str, list[str]] = defaultdict(list)
         for t in tasks:
-            try:
-                os.unlink(t.tmp_path)
-            except OSError:
-                pass
-        if isinstance(e, KeyboardInterrupt):
-            error("interrupted; no shard was finished, nothing replaced")
-            return 130
+            files[t.split].append(Path(t.final_path).name)
+        report = build_report(plan, data_dir, str(lm_path), outcomes, dict(files))
+        s = report["summary"]
+        if s["images_converted"] == 0:
+            discard(temps)
+            _show_problems([p for o in outcomes for p in o.problems])
+            error("no image could be converted; nothing was replaced")
+            return EXIT_FAILURES
+        if plan.boxes_in_xml and s["boxes"] == 0:
+            discard(temps)
+            error(f"no box was kept (see the problems in the summary); nothing in {out} was replaced")
+            return EXIT_FAILURES
+        # Check before anything is renamed: every shard holds what was converted into it.
+        converted = {o.index for o in outcomes if o.converted}
+        for t in tasks:
+            want = sum(it.index in converted for it in t.items)
+            got = sum(1 for _ in iter_file_records(t.tmp_path))
+            if got != want:
+                raise OSError(f"{t.tmp_path} holds {got} records, expected {want}")
+        report_tmp = temp_name(out / REPORT_FILE)
+        temps.append(report_tmp)
+        _write_bytes(report_tmp, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        pairs = [(t.tmp_path, t.final_path) for t in tasks] + [(report_tmp, str(out / REPORT_FILE))]
+        if plan.label_map_bytes is not None:
+            target = Path(os.path.realpath(lm_path))  # a linked label map is updated at its target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lm_tmp = temp_name(target)
+            temps.append(lm_tmp)
+            _write_bytes(lm_tmp, plan.label_map_bytes)
+            read_label_map(lm_tmp)  # what we wrote reads back
+            pairs.append((lm_tmp, str(target)))
+        old = [str(out / f) for f in existing.ours if f not in new_names]
+        commit(pairs, remove=old)
+    except BaseException:
+        discard(temps)
         raise
 
-    # Every shard is complete: rename them into place, then drop shards of older runs.
-    for t in tasks:
-        os.replace(t.tmp_path, t.final_path)
-    files: dict[str, list[str]] = defaultdict(list)
-    for t in tasks:
-        files[t.split].append(Path(t.final_path).name)
-    removed = _clean_stale(out, keep={n for v in files.values() for n in v})
-    if plan.label_map_status in ("created", "extended"):
-        write_label_map(lm_path, plan.label_map)
-    report = build_report(plan, data_dir, str(lm_path), outcomes, dict(files))
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-
     print_summary(report, out)
-    s = report["summary"]
     lm_note = {"created": "created", "extended": f"extended with {', '.join(plan.added_classes)}",
                "existing": "unchanged"}[plan.label_map_status]
     nc = len(plan.label_map)
     print(f"label map: {lm_path} ({lm_note}, {nc} class{'es' if nc != 1 else ''})")
-    n_shards = sum(len(v) for v in files.values())
-    print(f"records:   {out} ({n_shards} shard{'s' if n_shards != 1 else ''}), report: {out / 'report.json'}")
-    if removed:
-        print(f"           removed {len(removed)} old shard(s) of an earlier run that this run did not write")
-    if s["images_converted"] == 0:
-        error("no image could be converted")
-        return EXIT_FAILURES
+    n_shards = len(tasks)
+    print(f"records:   {out} ({n_shards} shard{'s' if n_shards != 1 else ''}), report: {out / REPORT_FILE}")
+    if old:
+        print(f"           removed {len(old)} shard(s) of the previous run that this run did not write")
+    for f in existing.foreign:
+        if f not in new_names:
+            warn(f"kept {out / f}: it looks like a shard but od did not write it (not in {REPORT_FILE}); training "
+                 f"reads every {f.split('-')[0]}-*-of-*.tfrecord in {out}, so move it away unless it belongs there")
+    if plan.outside_roots:
+        warn(f"--follow-links: read files outside {data_dir} from " + ", ".join(plan.outside_roots))
     if "val" not in files:
         warn("the val split is empty; training has nothing to evaluate on (raise --val-fraction or add images)")
     if plan.unknown_classes:
         what = ", ".join(f"{c} ({n})" for c, n in plan.unknown_classes.items())
         warn(f"boxes of classes not in the label map {lm_path} were dropped: {what}. Pass --add-classes to add "
              "them, or --label-map with a new file for a different dataset")
-    if plan.unknown_classes and s["boxes"] == 0:
-        error(f"no box was kept: none of the dataset's classes is in {lm_path}")
-        return EXIT_FAILURES
-    if s["images_skipped"]:
-        warn(f"{s['images_skipped']} images were skipped; see the problems above / report.json")
+    skipped = s["problems_by_action"]["skipped_image"]
+    if skipped:
+        warn(f"{skipped} files were skipped; see the problems above / {out / REPORT_FILE}")
         return EXIT_FAILURES
     return EXIT_OK
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from od.data.walk import any_xml
+from od.io.files import read_file
+
 ANNOTATION_DIRS = ("annotations", "Annotations", "annots", "xml")
 IMAGE_DIRS = ("images", "JPEGImages", "imgs")
 
@@ -25,6 +28,7 @@ class Layout:
     images_dir: Path | None  # None: each image beside its XML
     imagesets_dir: Path | None = None
     description: str = ""
+    explicit: tuple[Path, ...] = ()  # folders the user named (--annotations/--images): inside by choice
 
     def images_dir_for(self, xml: Path) -> Path | None:
         """Where ``xml``'s image lives; nested annotation folders mirror into the images folder."""
@@ -67,7 +71,7 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
         root = dd if dd is not None else Path(os.path.commonpath([ann.resolve()] + ([img.resolve()] if img else [])))
         sets = _has_imagesets(dd) if dd is not None else None
         desc = f"--annotations {ann}" + (f" --images {img}" if img else " (images beside the XML)")
-        return Layout("explicit", root, ann, img, sets, desc)
+        return Layout("explicit", root, ann, img, sets, desc, tuple(d for d in (ann, img) if d is not None))
     assert dd is not None
     if _is_voc_year(dd):
         sets = _has_imagesets(dd)
@@ -87,11 +91,11 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
         raise UsageError(f"{dd} holds several VOC year folders ({names}); pass one of them as DATA_DIR")
     ann = next((dd / n for n in ANNOTATION_DIRS if (dd / n).is_dir()), None)
     img = next((dd / n for n in IMAGE_DIRS if (dd / n).is_dir()), None)
-    if ann is not None and any(ann.rglob("*.xml")):
+    if ann is not None and any_xml(ann):
         if img is not None:
             return Layout("folders", dd, ann, img, None, f"{ann.name}/ beside {img.name}/")
         return Layout("folders", dd, ann, None, None, f"{ann.name}/ (images beside the XML)")
-    if next(_iter_xml_names(dd), None) is not None:
+    if any_xml(dd):
         return Layout("flat", dd, dd, None, None, "XML next to the images")
     raise UsageError(
         f"no Pascal VOC XML found in {dd}. Expected one of: a VOCdevkit year folder (Annotations/, JPEGImages/, "
@@ -100,20 +104,12 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
     )
 
 
-def _iter_xml_names(folder: Path):
-    """``(folder path, file name)`` of the XML files under ``folder`` (sorted; hidden folders and files skipped)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if f.lower().endswith(".xml") and not f.startswith("."):
-                yield dirpath, f
-
-
 def read_imagesets(main_dir: Path) -> dict[str, list[str]]:
     """``{"train": [...], "val": [...], "trainval": [...], "test": [...]}`` (first token of each line)."""
     out: dict[str, list[str]] = {}
     for name in ("train", "val", "trainval", "test"):
         p = main_dir / f"{name}.txt"
         if p.is_file():
-            out[name] = [ln.split()[0] for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.split()]
+            text = read_file(p).decode("utf-8", errors="replace")
+            out[name] = [ln.split()[0] for ln in text.splitlines() if ln.split()]
     return out

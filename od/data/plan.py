@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 from od.core import DROPPED_BOX, SKIPPED_IMAGE, Annotation, Box, Problem
-from od.data.layout import Layout, _iter_xml_names, read_imagesets
+from od.data.layout import Layout, read_imagesets
 from od.data.splits import _split_of_digest, hash_split
-from od.data.workers import PARSE_CHUNK, Workers
+from od.data.voc import parse_voc
+from od.data.walk import Roots, walk_xml
+from od.io.files import shown
 from od.io.shards import SPLITS, shard_name
 
 TARGET_SHARD_BYTES = 150 * 1024 * 1024  # OD API / TF guidance: 100-200 MB per shard
-
-
-def _no_progress(n: int) -> None:
-    pass
 
 
 class Item(NamedTuple):
@@ -55,57 +52,15 @@ class ShardTask:
     dry_run: bool = False
 
 
-def _parse_chunk(
-    jobs: Sequence[tuple[str, str, str]], progress: Callable[[int], None] = _no_progress
-) -> list[tuple[Annotation, int]]:
-    """Annotations and their image's size in bytes (-1 when unknown), read in a worker."""
-    from od.data.voc import parse_voc
-
-    out = []
-    for x, root, images in jobs:
-        ann = parse_voc(x, root, images)
-        size = -1
-        if ann.image_path is not None:
-            try:
-                size = os.stat(ann.image_path).st_size
-            except OSError:
-                pass
-        out.append((ann, size))
-    progress(len(jobs))
-    return out
+def _rel(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` for messages and record names (lexical), as text."""
+    p, r = os.path.abspath(path), os.path.abspath(root)
+    rel = os.path.relpath(p, r) if p == r or p.startswith(r.rstrip(os.sep) + os.sep) else os.fspath(path)
+    return shown(rel.replace(os.sep, "/"))
 
 
-@functools.lru_cache(maxsize=64)
-def _abs_prefix(root: str) -> str:
-    return os.path.abspath(root).rstrip(os.sep) + os.sep
-
-
-@functools.lru_cache(maxsize=4096)
-def _abs_dir(path: str) -> str:
-    return os.path.abspath(path)
-
-
-def _abs(path: str | Path) -> str:
-    """``os.path.abspath(path)``; for ``folder/name`` strings the folder's part is cached."""
-    if isinstance(path, str) and os.sep == "/" and not path.startswith("//"):
-        d, sep, b = path.rpartition("/")
-        if d and b not in ("", ".", ".."):  # a plain last component: normalising cannot touch it
-            a = _abs_dir(d)
-            return a + "/" + b if a != "/" else "/" + b  # == os.path.join(a, b)
-    return os.path.abspath(path)
-
-
-def _rel(path: str | Path, root: str | Path) -> str:
-    """``path`` relative to ``root`` for messages and record names (lexical: no file system calls)."""
-    p = _abs(path)
-    prefix = _abs_prefix(os.fspath(root))
-    if p.startswith(prefix):
-        return p[len(prefix):].replace(os.sep, "/")
-    return os.fspath(path)
-
-
-def _refile(problems: Sequence[Problem], name: str) -> tuple[Problem, ...]:
-    return tuple(Problem(name, p.problem, p.action) for p in problems)
+def _refile(problems: Sequence[Problem], name: str) -> list[Problem]:
+    return [Problem(name, p.problem, p.action) for p in problems]
 
 
 @dataclass
@@ -121,6 +76,82 @@ class Plan:
     not_listed: list[str] = field(default_factory=list)
     splits_source: str = "hash"
     unknown_classes: dict[str, int] = field(default_factory=dict)  # class -> boxes dropped
+    boxes_in_xml: int = 0  # boxes of usable XMLs before the label map's filter
+    outside_roots: list[str] = field(default_factory=list)  # real folders read outside the root (--follow-links)
+    label_map_bytes: bytes | None = None  # the label map file to write (created or edited), None: unchanged
+
+
+class _Entry(NamedTuple):
+    name: str  # report name of the XML
+    key: str  # XML path relative to the annotations folder, no suffix: split, source id and order
+    ann: Annotation
+    image: str  # absolute image path
+
+
+def _read_annotations(layout: Layout, roots: Roots) -> tuple[list[_Entry], dict[str, list[Problem]], int]:
+    """Every XML of the layout parsed: (usable entries, problems per report name, number of XML files)."""
+    root = layout.root
+    problems: dict[str, list[Problem]] = {}
+    entries: list[_Entry] = []
+    num_xml = 0
+    folders = [layout.annotations_dir] + ([layout.images_dir] if layout.images_dir is not None else [])
+    for d in folders:
+        why = roots.refuse(d) if d not in layout.explicit else None
+        if why:
+            name = _rel(d, root) + "/"
+            problems[name] = [Problem(name, f"folder {why}", SKIPPED_IMAGE)]
+            return entries, problems, num_xml
+    for path, problem in walk_xml(layout.annotations_dir, roots, lambda p: _rel(p, root)):
+        if problem is not None:
+            num_xml += path.lower().endswith(".xml")
+            problems.setdefault(problem.file, []).append(problem)
+            continue
+        num_xml += 1
+        name = _rel(path, root)
+        ann = parse_voc(path, root, layout.images_dir_for(Path(path)), roots)
+        if ann.problems:
+            problems[name] = _refile(ann.problems, name)
+        if ann.image_path is None:
+            continue
+        key = Path(os.path.relpath(path, layout.annotations_dir)).with_suffix("").as_posix()
+        entries.append(_Entry(name, key, ann, os.path.abspath(ann.image_path)))
+    return entries, problems, num_xml
+
+
+def _drop_duplicates(entries: list[_Entry], problems: dict[str, list[Problem]], root: Path) -> list[_Entry]:
+    """Two XMLs -> one image: keep the XML named like the image (else the first), skip the rest."""
+    by_image: dict[str, list[_Entry]] = {}
+    for e in entries:
+        by_image.setdefault(e.image, []).append(e)
+    dropped: set[str] = set()
+    for img, group in by_image.items():
+        if len(group) < 2:
+            continue
+        stem = Path(img).stem
+        winner = next((e for e in group if Path(e.name).stem == stem), group[0])
+        for e in group:
+            if e is not winner:
+                dropped.add(e.key)
+                problems.setdefault(e.name, []).append(Problem(
+                    e.name, f"points at the same image {_rel(img, root)} as {winner.name}; "
+                    "only one annotation per image is used", SKIPPED_IMAGE))
+    return [e for e in entries if e.key not in dropped]
+
+
+def _label_map(path: Path, found: list[str], add_classes: bool):
+    """(label map, status, added classes, bytes to write or None). Raises LabelMapError."""
+    from od.io.label_map import LabelMap, append_items, format_label_map, read_label_map
+
+    if not path.exists():
+        lm = LabelMap.from_names(found)
+        return lm, "created", [], format_label_map(lm).encode("utf-8")
+    lm = read_label_map(path)
+    unknown = [n for n in found if n not in lm]
+    if not (unknown and add_classes):
+        return lm, "existing", [], None
+    extended = lm.with_added(unknown)
+    new_items = [(i, n) for i, n in extended.items if n in unknown]
+    return extended, "extended", unknown, append_items(path.read_bytes(), new_items)
 
 
 def plan_dataset(
@@ -131,100 +162,18 @@ def plan_dataset(
     skip_difficult: bool,
     val_fraction: float,
     test_fraction: float,
-    show_progress: bool = True,
-    pool: "Workers | None" = None,
+    follow_links: bool = False,
 ) -> Plan:
     """Read every XML, resolve images, classes, duplicates and splits (no pixels read)."""
-    from od.io.label_map import LabelMap, read_label_map
     from od.io.example import _source_id_of_digest, source_id_for
 
     root = layout.root
-    root_s = str(root)
-    # Strings, not Path objects: per-file pathlib calls were a visible share of the run.
-    # Folder-level facts (normalised name, images folder, key and report-name prefixes) are
-    # computed once per folder; per file only string concatenation is left.
-    xmls: list[str] = []
-    keys: list[str] = []
-    xml_names: list[str] = []  # report name of each XML (== _rel(xml, root))
-    image_dirs: list[str] = []
-    folders: dict[str, tuple[str, str, str, str]] = {}
-    for dirpath, f in _iter_xml_names(layout.annotations_dir):
-        facts = folders.get(dirpath)
-        if facts is None:
-            d = Path(dirpath)
-            rel = d.relative_to(layout.annotations_dir).as_posix()
-            images = layout.images_dir_for(d / "x.xml")  # the images folder of any XML in d
-            dir_s = str(d)
-            probe = _rel("x.xml" if dir_s == "." else os.path.join(dir_s, "x.xml"), root)
-            facts = folders[dirpath] = (dir_s, str(images), "" if rel == "." else rel + "/", probe[:-5])
-        dir_s, images_s, prefix, name_prefix = facts
-        xmls.append(f if dir_s == "." else os.path.join(dir_s, f))  # == str(Path(dirpath) / f)
-        keys.append(prefix + f[:-4])  # == relative_to(annotations).with_suffix("").as_posix()
-        xml_names.append(name_prefix + f)
-        image_dirs.append(images_s)
-    pool = pool or Workers(1)
-    # Small jobs when there are few XMLs, so every worker gets some (4+ per worker balances well).
-    chunk = max(16, min(PARSE_CHUNK, math.ceil(len(xmls) / (4 * pool.n))))
-    jobs = [
-        [(x, root_s, im) for x, im in zip(xmls[i : i + chunk], image_dirs[i : i + chunk])]
-        for i in range(0, len(xmls), chunk)
-    ]
-    parsed = [a for chunk in pool.map_progress(
-        _parse_chunk, jobs, len(xmls), "reading XML", show_progress and len(xmls) >= 2000, leave=False, ahead=2)
-        for a in chunk]
+    roots = Roots.of(root, *layout.explicit, follow_links=follow_links)
+    entries, problems_by_xml, num_xml = _read_annotations(layout, roots)
+    usable = _drop_duplicates(entries, problems_by_xml, root)
 
-    # Per XML (listing order): report name, key, annotation; problems only where there are some.
-    problems_by_xml: dict[str, list[Problem]] = {}
-    # (report name, key, annotation, absolute image path, image bytes)
-    usable: list[tuple[str, str, Annotation, str, int]] = []
-    by_image: dict[str, tuple[str, str, Annotation, str, int]] = {}
-    clashes: dict[str, list[tuple[str, str, Annotation, str, int]]] = {}  # image -> every XML pointing at it
-    for name, key, (ann, size) in zip(xml_names, keys, parsed):
-        if ann.problems:
-            problems_by_xml[name] = list(_refile(ann.problems, name))
-        if ann.image_path is None:
-            continue
-        img = _abs(ann.image_path)  # abspath normalises
-        entry = (name, key, ann, img, size)
-        usable.append(entry)
-        first = by_image.setdefault(img, entry)
-        if first is not entry:
-            clashes.setdefault(img, [first]).append(entry)
-
-    # Two XMLs -> one image: keep the XML named like the image (else the first), skip the rest.
-    if clashes:
-        dropped: set[str] = set()
-        for img, entries in clashes.items():
-            stem = Path(img).stem
-            winner = next((e for e in entries if Path(e[0]).stem == stem), entries[0])
-            for e in entries:
-                if e is not winner:
-                    dropped.add(e[1])
-                    problems_by_xml.setdefault(e[0], []).append(
-                        Problem(
-                            e[0],
-                            f"points at the same image {_rel(img, root)} as {winner[0]}; "
-                            "only one annotation per image is used",
-                            SKIPPED_IMAGE,
-                        )
-                    )
-        kept_keys = {e[1] for e in usable if e[1] not in dropped}
-        usable = [e for e in usable if e[1] in kept_keys]
-
-    # Label map: honour an existing one; otherwise create it from the classes found.
-    found = sorted({b.name for _, _, ann, _, _ in usable for b in ann.boxes})
-    added: list[str] = []
-    if label_map_path.exists():
-        lm = read_label_map(label_map_path)
-        status = "existing"
-        unknown = [n for n in found if n not in lm]
-        if unknown and add_classes:
-            lm = lm.with_added(unknown)
-            added = unknown
-            status = "extended"
-    else:
-        lm = LabelMap.from_names(found)
-        status = "created"
+    found = sorted({b.name for e in usable for b in e.ann.boxes})
+    lm, status, added, lm_bytes = _label_map(label_map_path, found, add_classes)
 
     # Splits.
     sets = read_imagesets(layout.imagesets_dir) if layout.imagesets_dir else {}
@@ -232,8 +181,8 @@ def plan_dataset(
     split_src = "hash"
     if sets:
         split_src = "ImageSets/Main"
-        for split_name, listed in (("train", "train"), ("val", "val"), ("test", "test")):
-            for stem in sets.get(listed, []):
+        for split_name in ("train", "val", "test"):
+            for stem in sets.get(split_name, []):
                 assigned.setdefault(stem, split_name)
         for stem in sets.get("trainval", []):
             if stem not in assigned:
@@ -244,12 +193,9 @@ def plan_dataset(
     used_ids: set[int] = set()
     difficult_skipped = 0
     unknown_total: Counter = Counter()
-    root_prefix = _abs_prefix(root_s)
-    images_prefix = _abs_prefix(str(layout.images_dir)) if layout.images_dir else root_prefix
-    names_in_lm = set(lm.names)
-    sha256 = hashlib.sha256
-    for name, key, ann, img, size in usable:
-        digest = sha256(key.encode("utf-8")).digest()  # split, source id and shard order
+    images_root = str(layout.images_dir) if layout.images_dir else str(root)
+    for name, key, ann, img in usable:
+        digest = hashlib.sha256(key.encode("utf-8")).digest()  # split, source id and shard order
         if sets:
             split = assigned.get(key.rsplit("/", 1)[-1]) or assigned.get(key)
             if split is None:
@@ -257,59 +203,43 @@ def plan_dataset(
                 continue
         else:
             split = _split_of_digest(digest, val_fraction, test_fraction)
-        boxes = ann.boxes  # the usual case: every box is kept
-        if skip_difficult or any(b.name not in names_in_lm for b in boxes):
-            kept: list[Box] = []
-            dropped_unknown: Counter = Counter()
-            for b in boxes:
-                if b.name not in names_in_lm:
-                    dropped_unknown[b.name] += 1
-                    continue
-                if skip_difficult and b.difficult:
-                    difficult_skipped += 1
-                    continue
+        kept: list[Box] = []
+        dropped_unknown: Counter = Counter()
+        for b in ann.boxes:
+            if b.name not in lm:
+                dropped_unknown[b.name] += 1
+            elif skip_difficult and b.difficult:
+                difficult_skipped += 1
+            else:
                 kept.append(b)
-            boxes = tuple(kept)
-            for cls, n in sorted(dropped_unknown.items()):
-                unknown_total[cls] += n
-                problems_by_xml.setdefault(name, []).append(
-                    Problem(
-                        name,
-                        f"class {cls!r} is not in the label map {label_map_path}; {n} box{'es' if n > 1 else ''} "
-                        "dropped (pass --add-classes to add it)",
-                        DROPPED_BOX,
-                    )
-                )
+        for cls, n in sorted(dropped_unknown.items()):
+            unknown_total[cls] += n
+            problems_by_xml.setdefault(name, []).append(Problem(
+                name, f"class {cls!r} is not in the label map {label_map_path}; {n} box{'es' if n > 1 else ''} "
+                "dropped (pass --add-classes to add it)", DROPPED_BOX))
         sid = _source_id_of_digest(digest)  # == source_id_for(key)
         bump = 0
         while sid in used_ids:  # rare hash collision: deterministic re-hash
             bump += 1
             sid = source_id_for(f"{key}#{bump}")
         used_ids.add(sid)
-        path = ann.image_path
-        # == _rel(path, images folder or root) and _rel(path, root), from the absolute path found above
-        report = img[len(root_prefix):].replace(os.sep, "/") if img.startswith(root_prefix) else path
-        image_name = img[len(images_prefix):].replace(os.sep, "/") if img.startswith(images_prefix) else path
-        items.append(
-            Item(
-                index=len(items),
-                key=key,
-                split=split,
-                xml_name=name,
-                image_path=path,
-                image_name=image_name,
-                image_report=report,
-                xml_size=(ann.width, ann.height) if ann.width and ann.height else None,
-                boxes=boxes,
-                source_id=sid,
-                order=digest,
-                size=size,
-            )
-        )
+        try:
+            size = os.stat(ann.image_path).st_size
+        except OSError:
+            size = -1
+        items.append(Item(
+            index=len(items), key=key, split=split, xml_name=name, image_path=ann.image_path,
+            image_name=_rel(img, images_root), image_report=_rel(img, root),
+            xml_size=(ann.width, ann.height) if ann.width and ann.height else None,
+            boxes=tuple(kept), source_id=sid, order=digest, size=size,
+        ))
 
-    problems = [p for name in xml_names for p in problems_by_xml.get(name, ())]
-    return Plan(layout, items, problems, lm, status, added, len(xmls), difficult_skipped, not_listed, split_src,
-                dict(sorted(unknown_total.items())))
+    problems = [p for name in sorted(problems_by_xml) for p in problems_by_xml[name]]
+    return Plan(
+        layout, items, problems, lm, status, added, num_xml, difficult_skipped, not_listed, split_src,
+        dict(sorted(unknown_total.items())), sum(len(e.ann.boxes) for e in usable),
+        sorted(roots.outside), lm_bytes,
+    )
 
 
 def _image_size(item: Item) -> int:

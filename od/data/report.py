@@ -72,5 +72,6 @@ def build_report(
         "num_classes": lm.num_classes,
         "splits": splits,
         "problems": [p.to_dict() for p in problems],
+        "outside_roots": plan.outside_roots,
         "summary": summary,
     }

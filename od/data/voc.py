@@ -9,10 +9,9 @@ inside the dataset. Nothing here raises for bad input; every finding is a ``Prob
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import functools
 import math
-from math import isfinite
 import os
 import re
 import stat
@@ -22,7 +21,8 @@ from typing import Sequence
 from lxml import etree
 
 from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
-from od.io.files import atomic_write_bytes, canonical_path, read_file
+from od.data.walk import Roots
+from od.io.files import atomic_write_bytes, kind_of, read_file
 
 # Image suffixes tried when <filename> is missing/wrong (fallback: image with the XML's stem).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -51,111 +51,60 @@ def _parser() -> etree.XMLParser:
 
 
 def _num(text: str | None) -> float | None:
-    """VOC numbers: ints, floats ("12.5"), or junk (None)."""
-    if not text:
-        return None
+    """VOC numbers: ints, floats ("12.5"), or junk/inf/nan (None)."""
     try:
         v = float(text)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
 
 
-def _size_value(el: etree._Element | None) -> int:
-    """A <size> number as a positive int, else 0 (``int(_num(...))``, usually in one ``float``)."""
-    if el is None or el.text is None:
-        return 0
-    try:
-        v: float | None = float(el.text)  # float() drops the surrounding whitespace itself...
-    except ValueError:  # ...except the few str.strip() also drops: decide exactly as _num does
-        v = _num(el.text.strip())
-        if v is None:
-            return 0
-    return int(v) if 0 < v < math.inf else 0  # nan fails both comparisons
-
-
-def _stripped(el: etree._Element | None) -> str | None:
+def _text(el: etree._Element | None) -> str | None:
     """An element's text without surrounding whitespace (None when the element or its text is absent)."""
-    if el is None:
-        return None
-    t = el.text
-    return None if t is None else t.strip()
+    return None if el is None or el.text is None else el.text.strip()
 
 
-_TRUE_FLAGS = ("1", "true", "yes")
-_FLAGS = {"0": False, "1": True, None: False}  # what LabelImg writes: no need to normalise
+def _size_value(el: etree._Element | None) -> int:
+    """A <size> number as a positive int, else 0."""
+    v = _num(_text(el))
+    return int(v) if v is not None and v > 0 else 0
 
 
 def _flag(text: str | None) -> bool:
-    return (text or "").strip().lower() in _TRUE_FLAGS
+    return (text or "").strip().lower() in ("1", "true", "yes")
 
 
 def _unsafe_filename(name: str) -> str | None:
     """Why ``name`` must not be joined to the images folder, or None when it is safe."""
-    if not ("/" in name or "\\" in name or ":" in name or "\x00" in name):
-        # A single path component with no drive letter: never absolute (the usual case,
-        # decided without building three pure paths).
-        return "contains '..'" if name == ".." else None
+    if "\x00" in name:
+        return "contains a NUL character"
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
         return "is an absolute path"
     if name.startswith(("/", "\\")):
         return "is an absolute path"
-    parts = re.split(r"[\\/]+", name)
-    if any(p == ".." for p in parts):
+    if any(p == ".." for p in re.split(r"[\\/]+", name)):
         return "contains '..'"
-    if "\x00" in name:
-        return "contains a NUL character"
     return None
 
 
-def _inside(path: str | Path, roots: Sequence[str]) -> bool:
-    """True when ``path``, symlinks followed, lies inside one of the resolved ``roots``."""
-    rp = os.path.realpath(path)
-    return any(rp == r or rp.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
-@functools.lru_cache(maxsize=4096)
-def _norm_dir(path: str) -> str:
-    """``str(Path(path))`` (cached: the images folder is the same for a whole dataset)."""
-    return str(Path(path))
-
-
-@functools.lru_cache(maxsize=4096)
-def _folder_facts(dataset_root: str, folder: str) -> tuple[tuple[str, str], str]:
-    """((resolved dataset root, resolved ``folder``), what a plain file name is appended to).
-
-    Cached: every XML of a dataset shares a handful of folders, and ``realpath`` costs
-    more than parsing a small XML.
-    """
-    prefix = "" if folder == "." else os.path.join(folder, "")
-    return (os.path.realpath(dataset_root), os.path.realpath(folder)), prefix
-
-
-_IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
-
-
-def _file_and_link(path: str | Path) -> tuple[bool, bool]:
-    """(``Path.is_file()``, ``os.path.islink()``) with one ``lstat`` for a regular file."""
+def image_problem(path: str, roots: Roots) -> str | None:
+    """Why the image at ``path`` cannot be used (missing, not a regular file, outside), or None."""
     try:
-        st = os.lstat(path)
-    except OSError as e:
-        if e.errno not in _IGNORED_ERRNOS:  # as Path.is_file: unexpected errors propagate
-            raise
-        return False, False
-    except ValueError:
-        return False, False
-    if stat.S_ISLNK(st.st_mode):
-        return Path(path).is_file(), True
-    return stat.S_ISREG(st.st_mode), False
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return "not found"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is not a regular file ({kind_of(st.st_mode)}); not read"
+    return roots.refuse(path)
 
 
-def find_image_by_stem(folder: Path, stem: str) -> Path | None:
-    """The image in ``folder`` named ``stem`` + a known suffix (any case), or None."""
+def find_image_by_stem(folder: str | os.PathLike, stem: str, roots: Roots | None = None) -> Path | None:
+    """The usable image in ``folder`` named ``stem`` + a known suffix (any case), or None."""
     for suf in IMAGE_SUFFIXES:
         for s in (suf, suf.upper()):
-            p = folder / f"{stem}{s}"
-            if p.is_file():
-                return p
+            p = os.path.join(folder, f"{stem}{s}")
+            if (roots is None and os.path.isfile(p)) or (roots is not None and image_problem(p, roots) is None):
+                return Path(p)
     return None
 
 
@@ -163,37 +112,24 @@ def parse_voc(
     xml_path: str | os.PathLike,
     dataset_root: str | os.PathLike,
     images_dir: str | os.PathLike | None = None,
+    roots: Roots | None = None,
 ) -> Annotation:
     """Read one VOC XML; never raises for bad input (problems go into ``Annotation.problems``).
 
-    ``images_dir`` is where ``<filename>`` is looked up (default: the XML's folder). The
-    image is only ever taken from inside ``dataset_root`` or ``images_dir``.
+    ``images_dir`` is where ``<filename>`` is looked up (default: the XML's folder). The XML
+    and its image are only read when their real paths lie inside ``roots`` (default: the
+    dataset root).
     """
+    name = os.fspath(xml_path)
     try:
-        return _parse_voc(canonical_path(xml_path), dataset_root, images_dir)
+        return _parse_voc(name, images_dir, roots or Roots.of(dataset_root))
     except Exception as e:  # last resort: one odd file must not stop a batch
-        name = str(xml_path)
-        return Annotation(name, None, "", 0, 0, (), (Problem(name, f"unreadable XML ({type(e).__name__}: {e})",
-                                                              SKIPPED_IMAGE),))
+        return _skipped(name, f"unreadable XML ({type(e).__name__}: {e})")
 
 
-_SIZE_TAGS = {"width": 0, "height": 1}
-_OBJECT_TAGS = {"name": 0, "bndbox": 1, "difficult": 2, "truncated": 3, "pose": 4}
-_BOX_TAGS = {"xmin": 0, "ymin": 1, "xmax": 2, "ymax": 3}
-
-
-def _first_children(el: etree._Element, tags: dict[str, int]) -> list:
-    """The first child element of each tag in ``tags`` (None where absent), in ``tags``' order.
-
-    One pass over the children: VOC files repeat or reorder tags, and the first one counts.
-    """
-    found = [None] * len(tags)
-    get = tags.get
-    for c in el:
-        i = get(c.tag)  # comments/PIs were removed by the parser; their tag is not a str anyway
-        if i is not None and found[i] is None:
-            found[i] = c
-    return found
+def _first(el: etree._Element, tag: str) -> etree._Element | None:
+    """The first child ``tag`` (VOC files repeat or reorder tags; the first one counts)."""
+    return el.find(tag)
 
 
 def _skipped(name: str, why: str, filename: str = "") -> Annotation:
@@ -201,130 +137,102 @@ def _skipped(name: str, why: str, filename: str = "") -> Annotation:
     return Annotation(name, None, filename, 0, 0, (), (Problem(name, why, SKIPPED_IMAGE),))
 
 
-def _parse_voc(name: str, dataset_root: str | os.PathLike, images_dir: str | os.PathLike | None) -> Annotation:
+def _read_xml(name: str, roots: Roots) -> etree._Element | str:
+    """The parsed root element, or why the file cannot be used."""
+    outside = roots.refuse(name)
+    if outside:
+        return f"XML {outside}"
     try:
         data = read_file(name, MAX_XML_BYTES + 1)
     except OSError as e:
-        return _skipped(name, f"cannot read XML: {e.strerror or e}")
+        return f"cannot read XML: {e.strerror or e}"
     if len(data) > MAX_XML_BYTES:
-        return _skipped(name, f"XML is larger than {MAX_XML_BYTES} bytes, too large for a VOC annotation")
-    if not data or data.isspace():  # == not data.strip(), without the copy
-        return _skipped(name, "XML file is empty")
-    # "!" must occur for an ASCII-family declaration, NUL bytes for a UTF-16 one: memchr-speed
-    # pre-checks spare the regexes on ordinary files (same verdicts).
-    if (b"!" in data and b"<!" in data and _DECL_RE.search(data)) or (b"\x00" in data and _DECL_RE_16.search(data)):
-        return _skipped(name, "XML has a DOCTYPE or ENTITY declaration (refused: XXE / entity-expansion risk)")
+        return f"XML is larger than {MAX_XML_BYTES} bytes, too large for a VOC annotation"
+    if not data.strip():
+        return "XML file is empty"
+    if _DECL_RE.search(data) or _DECL_RE_16.search(data):
+        return "XML has a DOCTYPE or ENTITY declaration (refused: XXE / entity-expansion risk)"
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as e:
-        return _skipped(name, f"malformed XML: {getattr(e, 'msg', None) or e}")
+        return f"malformed XML: {getattr(e, 'msg', None) or e}"
     except (ValueError, etree.LxmlError) as e:
-        return _skipped(name, f"unreadable XML: {e}")
+        return f"unreadable XML: {e}"
     if root.getroottree().docinfo.doctype:
-        return _skipped(name, "XML has a DOCTYPE declaration (refused)")
+        return "XML has a DOCTYPE declaration (refused)"
     if not isinstance(root.tag, str) or root.tag != "annotation":
-        return _skipped(name, f"not a Pascal VOC annotation (root element <{root.tag}>, expected <annotation>)")
+        return f"not a Pascal VOC annotation (root element <{root.tag}>, expected <annotation>)"
+    return root
 
-    # One pass over the children (the first <filename>/<size> count, every <object>).
-    filename_el = size_el = None
-    objects = []
-    for c in root:
-        t = c.tag
-        if t == "object":
-            objects.append(c)
-        elif t == "filename":
-            if filename_el is None:
-                filename_el = c
-        elif t == "size":
-            if size_el is None:
-                size_el = c
-    filename = _stripped(filename_el) or ""
-    folder_s = _norm_dir(os.fspath(images_dir)) if images_dir is not None else (os.path.dirname(name) or ".")
-    roots, prefix = _folder_facts(os.fspath(dataset_root), folder_s)
 
-    image_path: str | Path | None = None
-    problems: list[Problem] = []
-    why_not = "not found"  # why <filename> itself was not used
+def _find_image(name: str, filename: str, folder: str, roots: Roots) -> tuple[str | None, list[Problem], str]:
+    """(image path or None, problems, why <filename> was not used) for one XML."""
+    why_not = "not found"
     if filename:
         unsafe = _unsafe_filename(filename)
         if unsafe:
             why_not = f"{unsafe}; not read (never outside the dataset)"
         else:
-            rel = filename.replace("\\", "/")
-            plain = "/" not in rel and rel != "." and rel != ".."
-            # a plain name: == str(Path(folder) / rel), without the Path
-            cand: str | Path = prefix + rel if plain else Path(folder_s) / rel
-            # A plain name in a resolved folder is inside unless it is itself a symlink.
-            is_file, is_link = _file_and_link(cand)
-            if is_file and (("/" not in rel and not is_link) or _inside(cand, roots)):
-                image_path = cand
-            elif is_file:
-                why_not = "resolves outside the dataset; not read"
+            cand = os.path.join(folder, filename.replace("\\", "/"))
+            why_not = image_problem(cand, roots) or ""
+            if not why_not:
+                return cand, [], ""
+    label = repr(filename) if filename else "(empty)"
+    stem = Path(name).stem
+    fallback = find_image_by_stem(folder, stem, roots)
+    if fallback is not None:
+        fix = f"<filename> {label} {why_not}; using {fallback.name} (same name as the XML)"
+        return str(fallback), [Problem(name, fix, FIXED)], ""
+    try:
+        where = Path(os.path.realpath(folder)).relative_to(roots.inside[0]).as_posix() + "/"
+    except (ValueError, IndexError):
+        where = folder
+    where = "the dataset folder" if where == "./" else where
+    return None, [], f"image not found: <filename> {label} {why_not}, and no image named {stem}.* in {where}"
+
+
+def _parse_voc(name: str, images_dir: str | os.PathLike | None, roots: Roots) -> Annotation:
+    root = _read_xml(name, roots)
+    if isinstance(root, str):
+        return _skipped(name, root)
+    filename = _text(_first(root, "filename")) or ""
+    folder = os.fspath(images_dir) if images_dir is not None else (os.path.dirname(name) or ".")
+    image_path, problems, why = _find_image(name, filename, folder, roots)
     if image_path is None:
-        shown = repr(filename) if filename else "(empty)"
-        folder = Path(folder_s)
-        stem = Path(name).stem
-        fallback = find_image_by_stem(folder, stem)
-        if fallback is not None and _inside(fallback, roots):
-            image_path = fallback
-            problems.append(
-                Problem(name, f"<filename> {shown} {why_not}; using {fallback.name} (same name as the XML)", FIXED)
-            )
-        else:
-            try:
-                where = Path(roots[1]).relative_to(roots[0]).as_posix() + "/"
-            except ValueError:
-                where = str(folder)
-            where = "the dataset folder" if where == "./" else where
-            return _skipped(
-                name, f"image not found: <filename> {shown} {why_not}, and no image named {stem}.* in {where}", filename
-            )
+        return _skipped(name, why, filename)
 
-    width = height = 0
-    if size_el is not None:
-        w_el, h_el = _first_children(size_el, _SIZE_TAGS)
-        width, height = _size_value(w_el), _size_value(h_el)
+    size_el = _first(root, "size")
+    width = _size_value(None if size_el is None else _first(size_el, "width"))
+    height = _size_value(None if size_el is None else _first(size_el, "height"))
 
+    objects = root.findall("object")
     boxes: list[Box] = []
     for i, obj_el in enumerate(objects, start=1):
-        name_el, bb_el, diff_el, trunc_el, pose_el = _first_children(obj_el, _OBJECT_TAGS)
-        cls = None if name_el is None else name_el.text
-        if cls:
-            cls = cls.strip()
+        where = f"object {i} of {len(objects)}"
+        cls = _text(_first(obj_el, "name"))
         if not cls:
-            problems.append(Problem(name, f"object {i} has no <name>", DROPPED_BOX))
+            problems.append(Problem(name, f"{where} has no <name>", DROPPED_BOX))
             continue
+        bb_el = _first(obj_el, "bndbox")
         if bb_el is None:
-            problems.append(Problem(name, f"object {i} ({cls}) has no <bndbox>", DROPPED_BOX))
+            problems.append(Problem(name, f"{where} ({cls}) has no <bndbox>", DROPPED_BOX))
             continue
-        x0, y0, x1, y1 = _first_children(bb_el, _BOX_TAGS)
-        try:  # the usual case: four finite numbers (float() ignores the surrounding whitespace too)
-            xmin, ymin, xmax, ymax = float(x0.text), float(y0.text), float(x1.text), float(y1.text)
-            ok = isfinite(xmin + ymin + xmax + ymax)  # inf/nan in any of them shows in the sum
-        except (AttributeError, TypeError, ValueError):  # an absent element or text, junk text
-            ok = False
-        if not ok:  # decide (and word the problem) number by number
-            texts = (_stripped(x0), _stripped(y0), _stripped(x1), _stripped(y1))
-            xmin, ymin, xmax, ymax = coords = (_num(texts[0]), _num(texts[1]), _num(texts[2]), _num(texts[3]))
-            if None in coords:
-                raw = dict(zip(("xmin", "ymin", "xmax", "ymax"), texts))
-                problems.append(
-                    Problem(name, f"object {i} ({cls}) has missing or non-numeric coordinates {raw}", DROPPED_BOX)
-                )
-                continue
-        difficult = None if diff_el is None else diff_el.text
-        truncated = None if trunc_el is None else trunc_el.text
-        pose = None if pose_el is None else pose_el.text
+        texts = [_text(_first(bb_el, k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        coords = [_num(t) for t in texts]
+        if None in coords:
+            raw = dict(zip(("xmin", "ymin", "xmax", "ymax"), texts))
+            problems.append(Problem(name, f"{where} ({cls}) has missing or non-numeric coordinates {raw}", DROPPED_BOX))
+            continue
         boxes.append(
             Box(
-                xmin, ymin, xmax, ymax, cls,
-                _FLAGS[difficult] if difficult in _FLAGS else _flag(difficult),
-                _FLAGS[truncated] if truncated in _FLAGS else _flag(truncated),
-                (pose.strip() if pose else None) or "Unspecified",
+                *coords, cls,
+                difficult=_flag(_text(_first(obj_el, "difficult"))),
+                truncated=_flag(_text(_first(obj_el, "truncated"))),
+                pose=_text(_first(obj_el, "pose")) or "Unspecified",
+                origin=where,
             )
         )
-
-    return Annotation(name, str(image_path), filename, width, height, tuple(boxes), tuple(problems))
+    return Annotation(name, image_path, filename, width, height, tuple(boxes), tuple(problems))
 
 
 def _fmt(v: float) -> str:
@@ -344,7 +252,7 @@ def apply_box_rules(
         if 0.0 <= b.xmin < b.xmax <= width and 0.0 <= b.ymin < b.ymax <= height:
             kept.append(b)  # the usual case: nothing to say, no message to format
             continue
-        desc = f"box {i} ({b.name}) [{_fmt(b.xmin)}, {_fmt(b.ymin)}, {_fmt(b.xmax)}, {_fmt(b.ymax)}]"
+        desc = f"{b.origin or f'box {i}'} ({b.name}) [{_fmt(b.xmin)}, {_fmt(b.ymin)}, {_fmt(b.xmax)}, {_fmt(b.ymax)}]"
         if b.xmin > b.xmax or b.ymin > b.ymax:
             problems.append(Problem(report_name, f"{desc} is reversed (xmin > xmax or ymin > ymax)", DROPPED_BOX))
             continue
@@ -367,7 +275,7 @@ def apply_box_rules(
                     FIXED,
                 )
             )
-            b = Box(cx0, cy0, cx1, cy1, name=b.name, difficult=b.difficult, truncated=b.truncated, pose=b.pose)
+            b = dataclasses.replace(b, xmin=cx0, ymin=cy0, xmax=cx1, ymax=cy1)
         kept.append(b)
     return tuple(kept), tuple(problems)
 

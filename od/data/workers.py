@@ -323,12 +323,14 @@ def _join_parts(dest: str, parts: Sequence[str]) -> None:
 
 
 def run_tasks(
-    tasks: Sequence[ShardTask], pool: Workers, total: int, show_progress: bool = True, desc: str = "converting"
+    tasks: Sequence[ShardTask], workers: int, total: int, show_progress: bool = True, desc: str = "converting"
 ) -> list[Outcome]:
-    """Write (or check) every shard, split into chunks that every worker helps with.
+    """Write (or check) every shard with ``workers`` processes; each ends up at its ``tmp_path``."""
+    with Workers(workers, progress=show_progress) as pool:
+        return _run_tasks(tasks, pool, total, show_progress, desc)
 
-    Each shard ends up at its ``tmp_path``; on failure no part file is left behind.
-    """
+
+def _run_tasks(tasks, pool: Workers, total: int, show_progress: bool = True, desc: str = "converting") -> list[Outcome]:
     from od.data.plan import _image_size
 
     parallel = None

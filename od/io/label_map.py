@@ -24,6 +24,9 @@ _PROTO_FILE = "od/string_int_label_map.proto"  # private name: never clashes wit
 _PACKAGE = "object_detection.protos"
 
 
+MAX_ID = 2**31 - 1  # ids are int32 in the proto, in records and in Model Garden
+
+
 class LabelMapError(ValueError):
     """A label map that cannot be used; the message names the file and line."""
 
@@ -95,6 +98,9 @@ class LabelMap:
         for i, n in items:
             if i < 1:
                 raise LabelMapError(f"label map: id {i} for {n!r} must be >= 1 (0 is the background)")
+            if i > MAX_ID:
+                raise LabelMapError(f"label map: id {i} for {n!r} is above {MAX_ID}, the largest id the "
+                                    "format holds (int32)")
             if not n:
                 raise LabelMapError(f"label map: id {i} has an empty name")
             if i in seen_ids:
@@ -294,3 +300,14 @@ def write_label_map(path: str | os.PathLike, label_map: LabelMap) -> None:
     """Atomic write (temp file + rename): a crash never leaves half a label map."""
     atomic_write_text(path, format_label_map(label_map))
 
+
+
+def append_items(original: bytes, items: Iterable[tuple[int, str]]) -> bytes:
+    """The user's label map file with ``items`` appended: edited, not rewritten.
+
+    Comments, field order and fields od does not use (``keypoints``, ``ancestor_ids``,
+    ``frequency`` ...) stay exactly as they were; only new ``item`` blocks are added.
+    """
+    added = format_label_map(LabelMap(tuple(items))).encode("utf-8")
+    sep = b"" if not original or original.endswith(b"\n") else b"\n"
+    return original + sep + added
