@@ -1,4 +1,4 @@
-"""Promises od makes about hostile input, concurrent runs and failures part-way (mostly not kept yet).
+"""Promises od makes about hostile input, concurrent runs and failures part-way.
 
 od is driven only through its stable surfaces: the CLIs in a subprocess (always with a
 timeout, so a hang fails instead of blocking) or ``od.records.main`` in-process. Failures
@@ -32,15 +32,9 @@ import hostile as H
 # ---- every od import is here (module moves: fix them in this one place) ------------------
 from od.records import main as records_main
 
-try:
-    from od.tfexample import decode_example, iter_records
-except ImportError:  # after the move to od.io
-    from od.io.example import decode_example
-    from od.io.tfrecord import iter_records
-try:
-    from od.label_map import read_label_map
-except ImportError:
-    from od.io.label_map import read_label_map
+from od.io.example import decode_example
+from od.io.label_map import read_label_map
+from od.io.tfrecord import iter_records
 # -----------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
