@@ -302,7 +302,7 @@ def main() -> int:
     sys.path.insert(0, str(od_root))
     env = dict(os.environ, PYTHONPATH=str(od_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     import od.records  # noqa: F401  (imported from od_root)
-    from od import demo
+    from od.data import synthetic
     from od.console import format_table
 
     print(f"od package: {Path(od.records.__file__).parent}")
@@ -319,7 +319,7 @@ def main() -> int:
             if not (d.is_dir() and len(list(d.glob("*.xml"))) == n):
                 t0 = time.perf_counter()
                 shutil.rmtree(d, ignore_errors=True)
-                demo.generate(d, n, seed=0)
+                synthetic.generate(d, n, seed=0)
                 print(f"generated {n} demo images in {time.perf_counter() - t0:.1f} s -> {d}", file=sys.stderr)
         photos = sets["photos"][1]
         if not (photos.is_dir() and len(list(photos.glob("*.xml"))) == args.photos):

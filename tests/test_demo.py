@@ -1,4 +1,4 @@
-"""od.demo: deterministic, LabelImg-format synthetic dataset that od.voc reads back cleanly."""
+"""od.data.synthetic: a deterministic LabelImg-format dataset that od.voc reads back cleanly; the od.demo CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from od import demo
+from od.data import synthetic
 from od.data.voc import parse_voc
 
 
@@ -16,20 +17,20 @@ def _files(d: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_byte_identical_anywhere(tmp_path):
-    demo.generate(tmp_path / "a", 12, seed=3)
-    demo.generate(tmp_path / "elsewhere" / "b", 12, seed=3)
+    synthetic.generate(tmp_path / "a", 12, seed=3)
+    synthetic.generate(tmp_path / "elsewhere" / "b", 12, seed=3)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "elsewhere" / "b")
     assert len(a) == 24 and a == b
-    demo.generate(tmp_path / "c", 12, seed=4)
+    synthetic.generate(tmp_path / "c", 12, seed=4)
     assert _files(tmp_path / "c") != a
     # more images only adds files: the first ones do not change
-    demo.generate(tmp_path / "d", 14, seed=3)
+    synthetic.generate(tmp_path / "d", 14, seed=3)
     d = _files(tmp_path / "d")
     assert all(d[k] == v for k, v in a.items())
 
 
 def test_generated_dataset_reads_back_and_matches_spec(tmp_path):
-    stats = demo.generate(tmp_path, 120, seed=0)
+    stats = synthetic.generate(tmp_path, 120, seed=0)
     xmls = sorted(tmp_path.glob("*.xml"))
     assert len(xmls) == 120 == len(list(tmp_path.glob("*.jpg")))
     sizes, counts, names = set(), [], set()
@@ -45,7 +46,7 @@ def test_generated_dataset_reads_back_and_matches_spec(tmp_path):
             names.add(b.name)
             assert 1 <= b.xmin < b.xmax <= im.width and 1 <= b.ymin < b.ymax <= im.height
             assert 27 <= b.xmax - b.xmin <= 110 and 27 <= b.ymax - b.ymin <= 110
-    assert names == set(demo.CLASSES)
+    assert names == set(synthetic.CLASSES)
     assert max(counts) <= 4 and 0 in counts and len(sizes) > 50
     assert stats["negatives"] == counts.count(0)
     assert sum(v["boxes"] for v in stats["per_class"].values()) == sum(counts)
@@ -53,7 +54,7 @@ def test_generated_dataset_reads_back_and_matches_spec(tmp_path):
 
 def test_shapes_are_drawn_inside_their_boxes(tmp_path):
     """The object's saturated colour sits at the centre of its box (labels match pixels)."""
-    img, boxes = demo.make_image(0, 5)
+    img, boxes = synthetic.make_image(0, 5)
     a = np.asarray(img.convert("HSV"), dtype=float)
     for b in boxes:
         cx, cy = int((b.xmin + b.xmax) / 2), int((b.ymin + b.ymax) / 2)

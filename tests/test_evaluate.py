@@ -1,4 +1,4 @@
-"""od.evaluate: the metric core against hand-computed values, and the CLI end to end.
+"""od.metrics (the metric core) against hand-computed values, and the od.evaluate CLI end to end.
 
 The core tests need no TensorFlow. The CLI tests build their own records, and either a tiny
 SavedModel that follows the OD API output contract (fast), or a real trained model dir
@@ -16,15 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from od.evaluate import (
-    ImageGroundTruth,
-    ImagePredictions,
-    compute_metrics,
-    confusion_matrix,
-    iou_matrix,
-    public_metrics,
-    voc_ap,
-)
+from od.metrics.boxes import ImageGroundTruth, ImagePredictions, iou_matrix
+from od.metrics.confusion import confusion_matrix
+from od.metrics.detection import compute_metrics, public_metrics
+from od.metrics.voc import voc_ap
 
 REPO = Path(__file__).resolve().parents[1]
 

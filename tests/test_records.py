@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from od import demo, records
-from od.data import convert, plan, workers
+from od import records
+from od.data import convert, plan, synthetic, workers
 from od.data import layout as odlayout
 from od.io.label_map import read_label_map
 from od.io.example import decode_example
@@ -102,7 +102,7 @@ def _problems(report: dict) -> dict[str, list[tuple[str, str]]]:
 
 def test_model_garden_decoder_reads_boxes_and_labels_equal_to_xml(tmp_path):
     ds = tmp_path / "ds"
-    demo.generate(ds, 10, seed=7)
+    synthetic.generate(ds, 10, seed=7)
     _img(ds / "edge.jpg", (100, 50))
     _xml(ds / "edge.xml", "edge.jpg", (100, 50),
          [("square", -10, 5.5, 30.25, 40), ("circle", 60, 10, 140, 70), ("triangle", 10, 10, 10, 20)])
@@ -307,11 +307,11 @@ def test_conversions_and_byte_for_byte_fast_path(tmp_path):
 
 def test_split_stability_when_images_are_added(tmp_path):
     ds = tmp_path / "ds"
-    demo.generate(ds, 40, seed=5)
+    synthetic.generate(ds, 40, seed=5)
     rc, rep = _convert([str(ds), "--out", str(tmp_path / "r1"), "--label-map", str(tmp_path / "lm.pbtxt")])
     first = {k: v[0] for k, v in _examples(tmp_path / "r1").items()}
     assert rc == 0 and set(first.values()) == {"train", "val"}
-    demo.generate(ds, 70, seed=5)  # same first 40 files, 30 new ones
+    synthetic.generate(ds, 70, seed=5)  # same first 40 files, 30 new ones
     rc, rep = _convert([str(ds), "--out", str(tmp_path / "r2"), "--label-map", str(tmp_path / "lm.pbtxt")])
     second = {k: v[0] for k, v in _examples(tmp_path / "r2").items()}
     assert len(second) == 70 and all(second[k] == s for k, s in first.items())
@@ -320,7 +320,7 @@ def test_split_stability_when_images_are_added(tmp_path):
 
 def test_rerun_byte_identical_and_workers_do_not_change_output(tmp_path):
     ds = tmp_path / "ds"
-    demo.generate(ds, 24, seed=9)
+    synthetic.generate(ds, 24, seed=9)
     _img(ds / "gray.jpg", mode="L")
     _xml(ds / "gray.xml", "gray.jpg", objects=[("square", 5, 5, 40, 40)])
     lm = tmp_path / "lm.pbtxt"
@@ -432,7 +432,7 @@ def test_strict_exits_before_writing_anything(tmp_path, capsys):
 
 def test_existing_label_map_honoured_and_add_classes(tmp_path):
     ds = tmp_path / "ds"
-    demo.generate(ds, 12, seed=11)
+    synthetic.generate(ds, 12, seed=11)
     lm = tmp_path / "lm.pbtxt"
     original = "# my classes\nitem {\n  id: 7\n  name: 'circle'\n  display_name: 'Circle'\n}\nitem { name: 'square' id: 3 }\n"
     lm.write_text(original)
@@ -454,11 +454,11 @@ def test_existing_label_map_honoured_and_add_classes(tmp_path):
 
 def test_interrupted_run_leaves_no_finished_looking_shard(tmp_path, monkeypatch):
     ds = tmp_path / "ds"
-    demo.generate(ds, 12, seed=2)
+    synthetic.generate(ds, 12, seed=2)
     out, lm = tmp_path / "rec", tmp_path / "lm.pbtxt"
     assert _convert([str(ds), "--out", str(out), "--label-map", str(lm)])[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    demo.generate(ds, 20, seed=2)  # more data, then the next run is interrupted part-way
+    synthetic.generate(ds, 20, seed=2)  # more data, then the next run is interrupted part-way
 
     real = convert._convert_item
     calls = {"n": 0}
@@ -488,7 +488,7 @@ def test_interrupted_run_leaves_no_finished_looking_shard(tmp_path, monkeypatch)
 def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
     """Workers split a lone train shard into chunks and join them: same bytes as one process."""
     ds = tmp_path / "ds"
-    demo.generate(ds, 60, seed=4)
+    synthetic.generate(ds, 60, seed=4)
     lm = tmp_path / "lm.pbtxt"
     args = [str(ds), "--label-map", str(lm)]
     assert _convert([*args, "--out", str(tmp_path / "one")])[0] == 0
@@ -558,7 +558,7 @@ def test_join_parts_with_and_without_copy_file_range(tmp_path, monkeypatch, kern
 
 def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
     ds = tmp_path / "ds"
-    demo.generate(ds, 40, seed=6)
+    synthetic.generate(ds, 40, seed=6)
     out = tmp_path / "rec"
     script = PARALLEL_EVEN_WHEN_SMALL + (
         "import os\n"
@@ -581,7 +581,7 @@ def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
 
 def test_progress_counts_every_image_whoever_converts_it(tmp_path):
     ds = tmp_path / "ds"
-    demo.generate(ds, 40, seed=8)
+    synthetic.generate(ds, 40, seed=8)
     script = (
         "import io, contextlib, tqdm\n"
         "counts = {}\n"
