@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,18 +52,20 @@ def test_rgb_jpeg_copied_byte_for_byte(tmp_path):
     assert prep.fast_path and (prep.width, prep.height) == (64, 48) and prep.problems == ()
 
 
-def test_fast_path_does_not_decode_pixels(tmp_path, monkeypatch):
+def test_fast_path_decodes_once_at_one_eighth_scale(tmp_path, monkeypatch):
+    """The copied file is checked by one DCT-scaled decode (all its data read), nothing more."""
     p = _save(_gradient(), tmp_path / "a.jpg", "JPEG")
-
-    def boom(self, *a, **k):
-        raise AssertionError("pixels decoded on the fast path")
-
-    monkeypatch.setattr(Image.Image, "load", boom)
     from PIL import JpegImagePlugin
 
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", boom, raising=False)
+    calls = []
+    real_draft, real_load = JpegImagePlugin.JpegImageFile.draft, JpegImagePlugin.JpegImageFile.load
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: calls.append(("draft", size)) or real_draft(self, mode, size))
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load",
+                        lambda self: calls.append(("load", self.size)) or real_load(self))
     prep = prepare_image(p, None, "a.jpg")
     assert prep.fast_path and prep.data == p.read_bytes()
+    assert calls == [("draft", (8, 6)), ("load", (8, 6))]
 
 
 def test_size_mismatch_reported_real_size_used(tmp_path):
@@ -183,9 +189,9 @@ def test_exif6_xml_in_raw_frame_keeps_pixels_drops_tag(tmp_path):
     out = _decode(prep.data)
     assert out.getexif().get(0x0112) in (None, 1)  # no viewer will rotate it now
     assert _red_inside(out, box)
-    orig = p.read_bytes()
-    assert len(prep.data) == len(orig) and sum(a != b for a, b in zip(prep.data, orig)) <= 2  # lossless patch
-    assert "raw pixels" in prep.problems[0].problem
+    assert not prep.fast_path  # re-encoded without EXIF rather than patched in place
+    [pr] = prep.problems
+    assert pr.action == FIXED and "raw pixels" in pr.problem and "dropped the orientation tag" in pr.problem
 
 
 def test_exif_without_xml_size_applies_rotation(tmp_path):
@@ -201,7 +207,7 @@ def test_invalid_orientation_treated_as_1(tmp_path, value):
     prep = prepare_image(p, (64, 48), "o")
     assert (prep.width, prep.height) == (64, 48)
     assert any(f"invalid EXIF orientation {value}" in pr.problem and pr.action == FIXED for pr in prep.problems)
-    assert np.abs(np.asarray(_decode(prep.data), int) - np.asarray(Image.open(p), int)).max() == 0
+    assert prep.data == p.read_bytes() and prep.fast_path  # stored as is: every reader treats the value as 1
     assert open_image_rgb(p).size == (64, 48)
 
 
@@ -234,7 +240,177 @@ def test_corrupted_files_never_raise(tmp_path):
         prep = prepare_image(p, (64, 48), "f.bin")
         if prep.data is None:
             assert prep.problems[-1].action == SKIPPED_IMAGE
-        elif len(prep.data) == len(data) and sum(a != b for a, b in zip(prep.data, data)) <= 4:
-            pass  # header + EOI intact: copied (orientation maybe patched), pixels not decoded by design
-        else:  # anything decoded was re-encoded into a clean JPEG
+        else:  # copied or re-encoded, what is stored decodes in full (no LOAD_TRUNCATED_IMAGES)
+            assert prep.fast_path == (prep.data == bytes(data))
             assert _decode(prep.data).size == (prep.width, prep.height)
+
+
+# --------------------------------------------------------------------------- decode check, pixel limit, truncation
+
+RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon" / "images"
+
+
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _claiming(data: bytes, w: int, h: int) -> bytes:
+    """``data`` with its SOF0 header patched to claim ``w`` x ``h`` (the scan data stays as it was)."""
+    i = data.index(b"\xff\xc0")
+    return data[: i + 5] + struct.pack(">HH", h, w) + data[i + 9 :]
+
+
+def _textured(seed: int = 0, size: int = 256) -> Image.Image:
+    """Random colour blocks plus pixel noise: every row costs bytes, so a cut loses rows at the bottom."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (size // 16, size // 16, 3)).repeat(16, 0).repeat(16, 1)
+    noise = rng.integers(-40, 41, (size, size, 3))
+    return Image.fromarray(np.clip(blocks + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def _lenient(data: bytes) -> np.ndarray:
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _cuts(data: bytes) -> list[tuple[bytes, int]]:
+    """(data cut at 30..99 % of its bytes, rows that really differ from the whole file's decode)."""
+    full = _lenient(data)
+    out = []
+    for pct in range(30, 100):
+        cut = data[: len(data) * pct // 100]
+        bad = np.nonzero((_lenient(cut) != full).any(axis=(1, 2)))[0]
+        out.append((cut, full.shape[0] - int(bad[0]) if len(bad) else 0))
+    return out
+
+
+def _prep_bytes(tmp_path: Path, data: bytes, xml_size=None):
+    p = tmp_path / "x.jpg"
+    p.write_bytes(data)
+    return prepare_image(p, xml_size, "x.jpg")
+
+
+def test_header_claiming_more_than_its_data_is_skipped(tmp_path):
+    """A real 16x16 JPEG whose SOF0 says 30000x30000: it used to be copied byte for byte.
+
+    The pixel limit stops it. Under the limit such a file still gets through: its scan ends at
+    the end marker, where libjpeg (Pillow's and TF's) fills the missing rows and only warns.
+    """
+    data = _claiming(_jpeg(Image.effect_noise((16, 16), 60).convert("RGB")), 30000, 30000)
+    prep = _prep_bytes(tmp_path, data)
+    assert prep.data is None and prep.problems[-1].action == SKIPPED_IMAGE
+    assert "30000x30000" in prep.problems[-1].problem
+
+
+def test_jpeg_without_scan_data_is_skipped(tmp_path):
+    data = _jpeg(_gradient())
+    data = data[: data.index(b"\xff\xda")] + b"\xff\xd9"  # headers and tables, then the end marker
+    prep = _prep_bytes(tmp_path, data)
+    assert prep.data is None
+    [pr] = prep.problems
+    assert pr.action == SKIPPED_IMAGE and "corrupt image data" in pr.problem
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_pixel_limit_applies_to_the_header_before_decoding(tmp_path, monkeypatch, fmt):
+    from od.data import images
+
+    if fmt == "JPEG":
+        data = _claiming(_jpeg(_gradient()), 60000, 60000)
+    else:
+        buf = io.BytesIO()
+        _gradient().save(buf, "PNG")
+        png = buf.getvalue()
+        ihdr = b"IHDR" + struct.pack(">II", 60000, 60000) + png[24:29]
+        data = png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+    def boom(self, *a, **k):
+        raise AssertionError("pixels decoded for an over-limit image")
+
+    monkeypatch.setattr(Image.Image, "load", boom)
+    monkeypatch.setattr(images.ImageFile.ImageFile, "load", boom)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape either
+        prep = _prep_bytes(tmp_path, data)
+        with pytest.raises(ImageError, match="over od's limit of 100 megapixels"):
+            open_image_rgb(tmp_path / "x.jpg")
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # restored
+    [pr] = prep.problems
+    assert pr.action == SKIPPED_IMAGE
+    assert pr.problem == "header claims 60000x60000 = 3600 megapixels, over od's limit of 100 megapixels"
+    assert images.MAX_PIXELS == 100_000_000
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 (8-row MCUs) and 4:2:0 (16-row MCUs)
+def test_truncated_jpeg_kept_when_most_rows_decode(tmp_path, subsampling):
+    from PIL import ImageFile
+
+    data = _jpeg(_textured(), quality=90, subsampling=subsampling)
+    cuts = _cuts(data)
+    cut, lost = next((c, n) for c, n in cuts if n / 256 <= 0.08)  # the first cut that keeps >= 92 % of rows
+    prep = _prep_bytes(tmp_path, cut, (256, 256))
+    assert prep.data is not None and not prep.fast_path and (prep.width, prep.height) == (256, 256)
+    [pr] = prep.problems
+    assert pr.action == FIXED
+    m = re.match(r"truncated JPEG: the bottom (\d+) of 256 rows \((\d+)%\) were missing and are filled", pr.problem)
+    assert m, pr.problem
+    assert abs(int(m[1]) - lost) <= 2  # 4:2:0 blends chroma into the 2 rows above the cut
+    out = _decode(prep.data)  # a whole JPEG now: decodes without LOAD_TRUNCATED_IMAGES
+    good = np.asarray(Image.open(io.BytesIO(data)).convert("L"), int)[: 256 - lost - 2]
+    assert np.abs(np.asarray(out.convert("L"), int)[: 256 - lost - 2] - good).mean() < 8  # same rows (re-encoded: ~4)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # restored
+    assert _prep_bytes(tmp_path, cut, (256, 256)).data == prep.data  # deterministic
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])
+def test_truncated_jpeg_skipped_when_too_many_rows_are_missing(tmp_path, subsampling):
+    data = _jpeg(_textured(1), quality=90, subsampling=subsampling)
+    cuts = _cuts(data)
+    near = [c for c, n in cuts if 0.12 <= n / 256 <= 0.2]  # just below the 90 % line
+    far = [(c, n) for c, n in cuts if 0.55 <= n / 256 <= 0.65]
+    for cut, expect in ((near[-1], None), (far[0][0], (256 - far[0][1]) * 100 // 256)):
+        prep = _prep_bytes(tmp_path, cut)
+        assert prep.data is None
+        [pr] = prep.problems
+        assert pr.action == SKIPPED_IMAGE and pr.problem.startswith("truncated JPEG: only ")
+        share = int(pr.problem.split("only ")[1].split("%")[0])
+        assert share < 90 and (expect is None or abs(share - expect) <= 1), pr.problem
+
+
+def test_truncated_progressive_jpeg_is_skipped(tmp_path):
+    data = _jpeg(_textured(), quality=90, progressive=True)
+    prep = _prep_bytes(tmp_path, data[: len(data) * 9 // 10])
+    assert prep.data is None and "truncated progressive JPEG" in prep.problems[-1].problem
+
+
+@pytest.mark.skipif(not RACCOON.is_dir(), reason="needs ../shared/datasets/raccoon (real photos)")
+def test_truncated_real_photo(tmp_path):
+    data = (RACCOON / "raccoon-1.jpg").read_bytes()
+    w, h = Image.open(io.BytesIO(data)).size
+    kept = _prep_bytes(tmp_path, data[: len(data) * 98 // 100], (w, h))
+    assert kept.data is not None and (kept.width, kept.height) == (w, h)
+    assert [p.action for p in kept.problems] == [FIXED] and "truncated JPEG: the bottom" in kept.problems[0].problem
+    assert _decode(kept.data).size == (w, h)
+    cut = _prep_bytes(tmp_path, data[: len(data) * 60 // 100], (w, h))
+    assert cut.data is None and "truncated JPEG: only" in cut.problems[0].problem
+
+
+@pytest.mark.timeout(30)
+def test_fifo_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # nothing ever writes: opening it for reading the usual way would hang
+    with pytest.raises(ImageError, match="not a regular file") as e:
+        open_image_rgb(fifo)
+    assert "pipe.jpg" in str(e.value) and "FIFO" in str(e.value)
+    prep = prepare_image(fifo, None, "pipe.jpg")
+    assert prep.data is None and "not a regular file" in prep.problems[0].problem
+    with pytest.raises(ImageError, match="not a regular file"):
+        open_image_rgb(tmp_path)
