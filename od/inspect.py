@@ -15,20 +15,16 @@ from __future__ import annotations
 import argparse
 import glob
 import io
-import math
 import os
 import random
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    from PIL import Image
+from typing import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
-from od.io.files import atomic_write_bytes
+from od.viz.gallery import class_name, write_gallery
 
 RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
 _EPS = 1e-4  # float32 storage of coordinates computed in float64
@@ -102,12 +98,6 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 # --- checks ------------------------------------------------------------------
-
-def _class_name(class_id: int, text: str, label_map) -> str:
-    if label_map is not None and class_id in label_map.id_to_name:
-        return label_map.id_to_name[class_id]
-    return text or f"id {class_id}"
-
 
 def check_example(ex, label_map=None) -> tuple[list[str], tuple[int, int] | None]:
     """Problems of one decoded example, and the real image size (None when it does not decode)."""
@@ -214,7 +204,7 @@ class _Inspector:
         in_image: set[tuple[int, str]] = set()
         for i, cid in enumerate(int(c) for c in ex.class_ids):
             text = ex.class_texts[i]
-            key = (cid, _class_name(cid, text, self.label_map))
+            key = (cid, class_name(cid, text, self.label_map))
             cc = res.classes.get(key)
             if cc is None:
                 known = self.label_map is None or cid in self.label_map.id_to_name
@@ -304,58 +294,6 @@ def inspect_records(
         bar.close()
     insp.finish()
     return res
-
-
-# --- gallery ------------------------------------------------------------------
-
-def _caption_font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def make_gallery(samples: Sequence, label_map=None, cell: int = 320) -> Image.Image:
-    """One grid image: each sample resized into a ``cell`` square, then boxes drawn at that size.
-
-    Drawing after resizing keeps outlines and labels legible however large the photos are.
-    """
-    from PIL import Image, ImageDraw
-
-    from od.viz.draw import draw_boxes
-
-    n = len(samples)
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    caption_h = max(14, cell // 18)
-    font = _caption_font(caption_h - 3)
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + caption_h)), (32, 32, 32))
-    draw = ImageDraw.Draw(sheet)
-    for k, (path, index, ex) in enumerate(samples):
-        with Image.open(io.BytesIO(ex.image_bytes)) as im:
-            im = im.convert("RGB")
-        scale = min(cell / im.width, cell / im.height)
-        w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
-        im = im.resize((w, h), Image.Resampling.LANCZOS)
-        boxes = ex.boxes_px(w, h)  # normalised coordinates -> pixels of the thumbnail
-        ids = [int(c) for c in ex.class_ids]
-        labels = [_class_name(c, ex.class_texts[i], label_map) for i, c in enumerate(ids)]
-        tile = draw_boxes(im, boxes, labels, ids)
-        x0, y0 = (k % cols) * cell, (k // cols) * (cell + caption_h)
-        sheet.paste(tile, (x0 + (cell - w) // 2, y0 + cell - h))  # bottom: caption right below
-        caption = f"{Path(path).name}#{index} {ex.filename}"
-        while len(caption) > 4 and draw.textlength(caption, font=font) > cell - 4:
-            caption = caption[:-2]
-        draw.text((x0 + 2, y0 + cell + 1), caption, fill=(230, 230, 230), font=font)
-    return sheet
-
-
-def write_gallery(path: str | os.PathLike, samples: Sequence, label_map=None) -> None:
-    buf = io.BytesIO()
-    make_gallery(samples, label_map).save(buf, "PNG", optimize=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # --- CLI ------------------------------------------------------------------------
