@@ -99,6 +99,27 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
 
 # --- checks ------------------------------------------------------------------
 
+def _size_problems(ex, size: tuple[int, int] | None) -> list[str]:
+    """image/width and image/height: present, positive, and the decoded image's size (when it decodes).
+
+    Boxes are normalised by these numbers and models resize by them: a zero, negative or wrong
+    size puts every box of the record in the wrong place.
+    """
+    problems: list[str] = []
+    stated: list[tuple[str, int, int]] = []  # (key, value in the record, decoded value)
+    for key, value, real in (("image/width", ex.width, size and size[0]), ("image/height", ex.height, size and size[1])):
+        if key not in ex.keys:
+            problems.append(f"no {key}")
+        elif value <= 0:
+            problems.append(f"{key}={value} is not a possible image size (must be at least 1)")
+        elif size is not None and value != real:
+            stated.append((key, value, real))
+    if stated:
+        says = " ".join(f"{key}={value}" for key, value, _ in stated)
+        problems.append(f"image is {size[0]}x{size[1]} but the record says {says}")
+    return problems
+
+
 def check_example(ex, label_map=None) -> tuple[list[str], tuple[int, int] | None]:
     """Problems of one decoded example, and the real image size (None when it does not decode)."""
     import numpy as np
@@ -112,12 +133,7 @@ def check_example(ex, label_map=None) -> tuple[list[str], tuple[int, int] | None
             size = im.size
     except Exception as e:  # Pillow raises many types for bad data
         problems.append(f"image does not decode: {type(e).__name__}: {e}")
-    if size is not None and ex.width > 0 and ex.height > 0 and size != (ex.width, ex.height):
-        problems.append(
-            f"image is {size[0]}x{size[1]} but the record says image/width={ex.width} image/height={ex.height}"
-        )
-    if ex.width == -1 or ex.height == -1:
-        problems.append("no image/width or image/height")
+    problems += _size_problems(ex, size)
 
     b = ex.boxes_yxyx
     for i in range(ex.num_boxes):
@@ -289,7 +305,8 @@ def inspect_records(
             )
         res.records_per_file[path] = count
         if count == 0 and not (res.problems and res.problems[-1].file == path and res.problems[-1].index == -1):
-            res.warnings.append(f"{path}: no records in this file")
+            # A file with bytes in it holds a record or fails to read: this one is 0 bytes.
+            res.problems.append(RecordProblem(path, -1, "", "empty file: no records (0 bytes)"))
     if bar is not None:
         bar.close()
     insp.finish()

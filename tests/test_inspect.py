@@ -12,7 +12,7 @@ from PIL import Image
 from od.viz.draw import color_for
 from od.inspect import expand_inputs, inspect_records, main
 from od.io.label_map import LabelMap, write_label_map
-from od.io.example import encode_example, source_id_for
+from od.io.example import _example_class, encode_example, source_id_for
 from od.io.tfrecord import write_records
 from od.core import Box
 
@@ -95,6 +95,63 @@ def _label_map(tmp_path: Path) -> Path:
     p = tmp_path / "lm.pbtxt"
     write_label_map(p, LM)
     return p
+
+
+def _with_sizes(record: bytes, **sizes: int | None) -> bytes:
+    """``record`` with image/width / image/height set to any value (None: removed), written with the
+    protobuf message class directly: od's encoder refuses sizes that are not positive."""
+    ex = _example_class()()
+    ex.ParseFromString(record)
+    for key, value in sizes.items():
+        name = f"image/{key}"
+        if value is None:
+            del ex.features.feature[name]
+        else:
+            ex.features.feature[name].int64_list.value[:] = [value]
+    return ex.SerializeToString()
+
+
+def test_impossible_sizes_are_problems(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "sizes.tfrecord"
+    ok = _example("ok.jpg", [Box(1, 1, 20, 20, name="circle")], [1])  # 120x90
+    write_records(f, [
+        ok,
+        _with_sizes(_example("w0.jpg", [], []), width=0),
+        _with_sizes(_example("hneg.jpg", [], []), height=-5),
+        _with_sizes(_example("both.jpg", [], []), width=0, height=0),
+        _with_sizes(_example("w0h.jpg", [], []), width=0, height=91),  # and the height is wrong
+        _example("big.jpg", [], [], width=120, height=91, image_bytes=_jpeg(120, 90)),  # off by one
+        _with_sizes(_example("nowidth.jpg", [], []), width=None),
+    ])
+    rc = main([str(f)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    problems = [l for l in err.splitlines() if l.startswith("od: problem:")]
+
+    def at(i: int) -> list[str]:
+        return [l for l in problems if f"{f}: record {i} " in l]
+
+    assert at(0) == []
+    assert any("image/width=0 is not a possible image size" in l for l in at(1)), err
+    assert any("image/height=-5 is not a possible image size" in l for l in at(2)), err
+    assert len(at(3)) == 2 and all("is not a possible image size" in l for l in at(3)), err
+    assert any("image/width=0 is not" in l for l in at(4)), err
+    assert any("image is 120x90 but the record says image/height=91" in l for l in at(4)), err
+    assert any("image is 120x90 but the record says image/height=91" in l for l in at(5)), err
+    assert any("no image/width" in l for l in at(6)), err
+
+
+def test_empty_file_is_a_problem(tmp_path: Path, capsys) -> None:
+    out = _good(tmp_path)
+    empty = out / "train-00002-of-00003.tfrecord"
+    empty.write_bytes(b"")
+    rc = main([str(out)])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    assert f"od: problem: {empty}: empty file: no records" in cap.err
+    assert "4 records in 4 file(s)" in cap.out and "1 problem(s)" in cap.out
+    res = inspect_records([str(empty)])
+    assert [(p.index, p.problem) for p in res.problems] == [(-1, "empty file: no records (0 bytes)")]
 
 
 def test_inconsistent_texts_without_label_map(tmp_path: Path) -> None:
