@@ -17,6 +17,7 @@ import glob
 import io
 import os
 import random
+import stat
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
+from od.io.files import kind_of
 from od.viz.gallery import class_name, write_gallery
 
 RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
@@ -73,19 +75,27 @@ class InspectResult:
 
 # --- finding files -----------------------------------------------------------
 
+def _looks_like_record(name: str) -> bool:
+    return (Path(name).suffix in RECORD_SUFFIXES or "-of-" in name) and not name.startswith(".")
+
+
 def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Paths, globs and directories -> (sorted unique record files, inputs that matched nothing)."""
+    """Paths, globs and directories -> (sorted unique record paths, inputs that matched nothing).
+
+    Paths are returned whatever they are (a FIFO, a folder named ``x.tfrecord``): ``inspect_records``
+    reports what is not a regular file instead of opening it, so nothing named like a record is
+    skipped in silence.
+    """
     found: list[str] = []
     unmatched: list[str] = []
     for a in args:
         if glob.has_magic(a):
-            hits = sorted(p for p in glob.glob(a) if os.path.isfile(p))
+            hits = sorted(p for p in glob.glob(a) if not os.path.isdir(p) or _looks_like_record(os.path.basename(p)))
         elif os.path.isdir(a):
-            hits = sorted(
-                str(p) for p in Path(a).iterdir()
-                if p.is_file() and (p.suffix in RECORD_SUFFIXES or "-of-" in p.name) and not p.name.startswith(".")
-            )
-        elif os.path.isfile(a):
+            hits = sorted(str(p) for p in Path(a).iterdir() if _looks_like_record(p.name))
+            if not hits and _looks_like_record(Path(a).name):
+                hits = [a]  # a folder named like a record file, holding none: report it
+        elif os.path.exists(a):  # a FIFO, socket or device too: reported, never opened
             hits = [a]
         else:
             hits = []
@@ -95,6 +105,21 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
     seen: set[str] = set()
     unique = [p for p in found if not (p in seen or seen.add(p))]
     return unique, unmatched
+
+
+def _not_a_record_file(path: str) -> str | None:
+    """Why ``path`` cannot be read as records, without opening it; None for a regular file.
+
+    ``iter_file_records`` opens with a plain ``open()``, which waits forever on a FIFO with no
+    writer: only regular files may get there.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({kind_of(mode)}); only TFRecord files are read"
+    return None
 
 
 # --- checks ------------------------------------------------------------------
@@ -292,6 +317,11 @@ def inspect_records(
         bar = tqdm(unit=" rec", desc="inspect", file=sys.stderr, leave=False, disable=None)
     for path in files:
         count = 0
+        why = _not_a_record_file(path)
+        if why is not None:
+            res.problems.append(RecordProblem(path, -1, "", why))
+            res.records_per_file[path] = 0
+            continue
         try:
             for n, rec in enumerate(iter_file_records(path)):
                 count = n + 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +191,38 @@ def test_truncated_file_and_usage_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as ei:
         main([])
     assert ei.value.code == 2
+
+
+@pytest.mark.timeout(30)
+def test_only_regular_files_are_opened(tmp_path: Path, capsys) -> None:
+    out = _good(tmp_path)
+    os.mkfifo(out / "train-00009-of-00010.tfrecord")  # found in the folder
+    (out / "sub.tfrecord").mkdir()  # a folder named like a record, in the folder
+    (out / "notes").mkdir()  # an ordinary sub-folder: not looked at
+    fifo = tmp_path / "a.tfrecord"  # named on the command line
+    os.mkfifo(fifo)
+    folder = tmp_path / "b.tfrecord"
+    folder.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "c.tfrecord"))
+        rc = main([str(out), str(fifo), str(folder), str(tmp_path / "c.*"),
+                   "--label-map", str(tmp_path / "label_map.pbtxt")])
+    finally:
+        sock.close()
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    problems = [l for l in cap.err.splitlines() if l.startswith("od: problem:")]
+    for path, kind in ((out / "train-00009-of-00010.tfrecord", "a FIFO"), (out / "sub.tfrecord", "a folder"),
+                       (fifo, "a FIFO"), (folder, "a folder"), (tmp_path / "c.tfrecord", "a socket")):
+        assert any(l.startswith(f"od: problem: {path}: not a regular file ({kind})") for l in problems), (path, cap.err)
+    assert len(problems) == 5, cap.err
+    assert "notes" not in cap.err
+    assert "4 records in 8 file(s)" in cap.out  # the good records are all read
+    # The library call alike: a FIFO is reported, not opened (open() would wait for a writer).
+    res = inspect_records([str(fifo), str(out / "val-00000-of-00001.tfrecord")])
+    assert [(p.file, p.problem.split(";")[0]) for p in res.problems] == [(str(fifo), "not a regular file (a FIFO)")]
+    assert res.num_records == 1
 
 
 def test_expand_inputs(tmp_path: Path) -> None:
