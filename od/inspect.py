@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
-from od.io.files import kind_of
+from od.io.files import kind_of, shown
 from od.viz.gallery import class_name, write_gallery
 
 RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
@@ -43,7 +43,7 @@ class RecordProblem:
         where = f"{self.file}: record {self.index}" if self.index >= 0 else self.file
         if self.filename:
             where += f" ({self.filename})"
-        return f"{where}: {self.problem}"
+        return shown(f"{where}: {self.problem}")  # a file name that is not UTF-8 as \xNN
 
 
 @dataclass
@@ -375,7 +375,7 @@ def print_report(res: InspectResult, max_problems: int = 50, out=None) -> None:
         print("(no boxes)", file=out)
     if len(res.files) > 1:
         print(file=out)
-        print_table(["file", "records"], [[f, res.records_per_file.get(f, 0)] for f in res.files], file=out)
+        print_table(["file", "records"], [[shown(f), res.records_per_file.get(f, 0)] for f in res.files], file=out)
     print(
         f"\n{res.num_records} records in {len(res.files)} file(s): {res.num_boxes} boxes, "
         f"{res.negatives} negative (box-less) images, {len(res.problems)} problem(s)",
@@ -411,12 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           seed=args.seed, progress=True)
 
     for w in res.warnings:
-        warn(w)
-    shown = res.problems if args.max_problems <= 0 else res.problems[: args.max_problems]
-    for p in shown:
+        warn(shown(w))
+    listed = res.problems if args.max_problems <= 0 else res.problems[: args.max_problems]
+    for p in listed:
         print(f"od: problem: {p}", file=sys.stderr)
-    if len(shown) < len(res.problems):
-        print(f"od: ... and {len(res.problems) - len(shown)} more problem(s) (--max-problems 0 shows all)",
+    if len(listed) < len(res.problems):
+        print(f"od: ... and {len(res.problems) - len(listed)} more problem(s) (--max-problems 0 shows all)",
               file=sys.stderr)
     print_report(res, args.max_problems)
 

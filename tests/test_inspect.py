@@ -225,6 +225,21 @@ def test_only_regular_files_are_opened(tmp_path: Path, capsys) -> None:
     assert res.num_records == 1
 
 
+def test_file_names_that_are_not_utf8(tmp_path: Path, capsys) -> None:
+    folder = os.path.join(os.fsencode(tmp_path), b"recs")
+    os.mkdir(folder)
+    name = os.fsdecode(os.path.join(folder, b"train-00000-of-00002-\xe9.tfrecord"))  # Latin-1 byte
+    write_records(name, [_example("a.jpg", [Box(1, 1, 20, 20, name="circle")], [1])])
+    open(os.path.join(folder, b"train-00001-of-00002-\xff.tfrecord"), "wb").close()  # empty: a problem
+    png = tmp_path / "g.png"
+    rc = main([os.fsdecode(folder), "--gallery", str(png)])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    assert "train-00000-of-00002-\\xe9.tfrecord  " in cap.out  # the per-file table
+    assert "train-00001-of-00002-\\xff.tfrecord: empty file: no records" in cap.err
+    assert "\\udc" not in cap.err and png.is_file()
+
+
 def test_expand_inputs(tmp_path: Path) -> None:
     out = _good(tmp_path)
     (out / "report.json").write_text("{}")
