@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections import Counter, deque
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from od.core import Box, Detection
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
-from od.io.files import atomic_write_bytes, atomic_write_text
+from od.io.files import atomic_write_bytes, atomic_write_text, kind_of, read_file, shown
 
 if TYPE_CHECKING:  # imported lazily at run time (numpy/PIL/TF are slow to import)
     import numpy as np
@@ -107,16 +108,35 @@ def _natural(name: str) -> list:
 
 
 def _walk_images(folder: Path, exclude: Path | None) -> list[Path]:
-    """Image files under ``folder`` (recursive, natural order), skipping hidden entries and ``exclude``."""
+    """Entries named like images under ``folder`` (recursive, natural order), skipping hidden entries
+    and ``exclude``. They need not be regular files (``run`` reports a FIFO or socket without opening
+    it); a folder named like an image is searched, and listed itself when no image is found in it."""
     found: list[Path] = []
+    image_named_dirs: list[Path] = []
     for root, dirs, files in os.walk(folder):
         rootp = Path(root)
         dirs[:] = sorted(
             (d for d in dirs if not d.startswith(".") and (exclude is None or (rootp / d).resolve() != exclude)),
             key=_natural,
         )
+        image_named_dirs += [rootp / d for d in dirs if _is_image(Path(d))]
         found += [rootp / f for f in sorted(files, key=_natural) if not f.startswith(".") and _is_image(Path(f))]
+    if image_named_dirs:
+        holding = {parent for f in found for parent in f.parents}
+        found += [d for d in image_named_dirs if d not in holding]
     return found
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image, without opening it (a FIFO would block ``open``);
+    None for a regular file. ``read_file`` checks again when it opens, without blocking."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot read image: {e.strerror or e}"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({kind_of(mode)}); only image files are read"
+    return None
 
 
 def collect_inputs(specs: Sequence[str], out_dir: Path) -> tuple[list[InputImage], list[str]]:
@@ -131,21 +151,25 @@ def collect_inputs(specs: Sequence[str], out_dir: Path) -> tuple[list[InputImage
     candidates: list[tuple[Path, str, str]] = []  # (path, preferred key, fallback prefix)
     for spec in specs:
         p = Path(spec)
-        if p.is_dir():
-            exclude = out_resolved if out_resolved != p.resolve() else None
-            for f in _walk_images(p, exclude):
+        found = _walk_images(p, out_resolved if out_resolved != p.resolve() else None) if p.is_dir() else []
+        if found:
+            for f in found:
                 rel = f.relative_to(p).with_suffix("").as_posix()
                 candidates.append((f, rel, p.resolve().name or "root"))
-        elif p.is_file():
+        elif (p.exists() and not p.is_dir()) or (p.is_dir() and _is_image(p)):
+            # a file (a FIFO too: reported by run, never opened), or a folder named like an image
+            # that holds none
             candidates.append((p, p.stem, p.resolve().parent.name))
+        elif p.is_dir():
+            continue
         elif any(c in spec for c in "*?["):
             matches = sorted(glob.glob(spec, recursive=True), key=_natural)
             files: list[Path] = []
             for m in matches:
                 mp = Path(m)
-                if mp.is_dir():
-                    files += _walk_images(mp, out_resolved)
-                elif mp.is_file() and _is_image(mp):
+                inside = _walk_images(mp, out_resolved) if mp.is_dir() else []
+                files += inside
+                if not inside and _is_image(mp):
                     files.append(mp)
             if not files:
                 problems.append(f"{spec}: no images match this pattern")
@@ -549,10 +573,10 @@ class OutputWriter:
 
     def record(self, res: Result) -> dict:
         return {
-            "image": str(res.image.path),
+            "image": shown(res.image.path),
             "width": res.width,
             "height": res.height,
-            "annotated": str(res.annotated) if res.annotated else None,
+            "annotated": shown(res.annotated) if res.annotated else None,
             **self.meta,
             "detections": [d.to_dict() for d in res.detections],
         }
@@ -569,13 +593,16 @@ class OutputWriter:
 
     def _write_voc(self, item: InputImage, image: "Image.Image", detections: list[Detection]) -> bool:
         """XML + the exact pixels detected on, side by side in <out>/voc/ (LabelImg and od.records
-        both find the image next to its XML). Returns False when an existing XML was kept."""
+        both find the image next to its XML). Returns False when an existing XML was kept.
+        XML holds text only: a name that is not UTF-8 is written as ``\\xNN`` (file names and the
+        <filename> inside alike, so the pair still matches)."""
         from od.data.voc import write_voc
 
-        xml = self._target(self.out / "voc" / f"{item.key}.xml")
+        key = shown(item.key)
+        xml = self._target(self.out / "voc" / f"{key}.xml")
         if xml.exists() and not self.force:
             return False
-        img_path = self._voc_image(item, image)
+        img_path = self._voc_image(item, image, key)
         boxes = [
             Box(round(d.box.xmin), round(d.box.ymin), round(d.box.xmax), round(d.box.ymax), name=d.class_name)
             for d in detections
@@ -585,24 +612,27 @@ class OutputWriter:
                   depth=3, folder=xml.parent.name)
         return True
 
-    def _voc_image(self, item: InputImage, image: "Image.Image") -> Path:
+    def _voc_image(self, item: InputImage, image: "Image.Image", key: str) -> Path:
         """Copy the input byte for byte when its pixels are what was detected on (JPEG/PNG with
         no EXIF rotation); otherwise store the RGB pixels the boxes refer to as JPEG."""
+        import io
+
         from PIL import Image
 
         suffix = item.path.suffix.lower()
         copy_ok = False
         if suffix in (".jpg", ".jpeg", ".png"):
             try:
-                with Image.open(item.path) as raw:
+                data = read_file(item.path)  # regular files only, never blocks; checked and copied as read
+                with Image.open(io.BytesIO(data)) as raw:
                     copy_ok = raw.size == image.size and raw.getexif().get(0x0112, 1) in (1, None)
             except Exception:  # noqa: BLE001 - then store the decoded pixels instead
                 copy_ok = False
         if copy_ok:
-            dest = self._target(self.out / "voc" / f"{item.key}{suffix}")
-            atomic_write_bytes(dest, item.path.read_bytes())
+            dest = self._target(self.out / "voc" / f"{key}{suffix}")
+            atomic_write_bytes(dest, data)
         else:
-            dest = self._target(self.out / "voc" / f"{item.key}.jpg")
+            dest = self._target(self.out / "voc" / f"{key}.jpg")
             _save_image(image, dest, quality=95)
         return dest
 
@@ -627,7 +657,7 @@ def _save_image(image: "Image.Image", path: Path, quality: int = 92) -> None:
 def _summary_line(res: Result) -> str:
     counts = Counter(d.class_name for d in res.detections)
     what = ", ".join(f"{n} {c}" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "no detections"
-    return f"{res.image.path}: {what}"
+    return f"{shown(res.image.path)}: {what}"
 
 
 # --------------------------------------------------------------------------- the run
@@ -651,6 +681,9 @@ def run(
     from od.data.images import open_image_rgb
 
     def load(item: InputImage):
+        why = _not_a_regular_file(item.path)
+        if why is not None:
+            return item, None, None, f"{shown(item.path)}: {why}"
         try:
             import numpy as np
 
@@ -658,7 +691,7 @@ def run(
             return item, img, np.asarray(img), None
         except Exception as e:  # noqa: BLE001 - ImageError, plus anything odd a decoder raises
             msg = str(e) if str(item.path) in str(e) else f"{item.path}: {e}"
-            return item, None, None, msg
+            return item, None, None, shown(msg)  # names that are not UTF-8 as \xNN, printable
 
     results: list[Result] = []
     # disable=None: a bar on terminals only (logs and pipes get the per-image lines alone)
@@ -671,7 +704,7 @@ def run(
         else:
             line = _summary_line(res)
             if res.kept_voc:
-                line += f" (kept existing {writer.out / 'voc' / (res.image.key + '.xml')}; --force replaces it)"
+                line += f" (kept existing {shown(writer.out / 'voc' / (res.image.key + '.xml'))}; --force replaces it)"
             if bar.disable:
                 print(line, flush=True)
             else:
@@ -685,7 +718,7 @@ def run(
         try:
             return writer.write(item, img, dets)
         except Exception as e:  # noqa: BLE001 - disk full, permissions...: report, go on
-            return Result(item, img.width, img.height, dets, error=f"{item.path}: cannot write outputs: {e}")
+            return Result(item, img.width, img.height, dets, error=shown(f"{item.path}: cannot write outputs: {e}"))
 
     with ThreadPoolExecutor(1, thread_name_prefix="od-load") as loader, ThreadPoolExecutor(1, thread_name_prefix="od-save") as saver:
         queue = iter(images)
@@ -707,7 +740,7 @@ def run(
             except ModelError:
                 raise
             except Exception as e:  # noqa: BLE001 - one image the model chokes on must not stop the batch
-                emit(Result(item, img.width, img.height, error=f"{item.path}: detection failed: {type(e).__name__}: {e}"))
+                emit(Result(item, img.width, img.height, error=shown(f"{item.path}: detection failed: {type(e).__name__}: {e}")))
                 continue
             saving.append(saver.submit(save, item, img, dets))
             while saving and (saving[0].done() or len(saving) > 2):
@@ -740,10 +773,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     images, input_problems = collect_inputs(args.inputs, out)
+    input_problems = [shown(p) for p in input_problems]
     for p in input_problems:
         error(p)
     if not images:
-        error("no images to process (" + ", ".join(args.inputs) + ")")
+        error("no images to process (" + ", ".join(shown(i) for i in args.inputs) + ")")
         return EXIT_USAGE
 
     id_to_name, labels_from = resolve_labels(source, args.label_map)
@@ -789,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [r for r in results if r.error]
     if args.save_json:
         combined = {**meta, "images": [writer.record(r) for r in done],
-                    "failed": [{"image": str(r.image.path), "error": r.error} for r in failed]}
+                    "failed": [{"image": shown(r.image.path), "error": r.error} for r in failed]}
         atomic_write_text(out / f"{COMBINED_JSON}.json", json.dumps(combined, indent=2) + "\n")
 
     per_class: dict[str, list[int]] = {}
@@ -803,10 +837,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if per_class:
         print_table(["class", "images", "boxes"], [[c, v[0], v[1]] for c, v in sorted(per_class.items())])
     rate = len(done) / elapsed if elapsed > 0 else 0.0
-    print(f"{len(done)} image(s) done, {len(failed) + len(input_problems)} failed, {rate:.2f} img/s; outputs in {out}/")
-    extras = [f"{out}/{k}/" for k, on in (("voc", args.save_voc), ("crops", args.save_crops)) if on]
+    print(f"{len(done)} image(s) done, {len(failed) + len(input_problems)} failed, {rate:.2f} img/s; outputs in {shown(out)}/")
+    extras = [f"{shown(out)}/{k}/" for k, on in (("voc", args.save_voc), ("crops", args.save_crops)) if on]
     if args.save_json:
-        extras.append(f"{out}/{COMBINED_JSON}.json")
+        extras.append(f"{shown(out)}/{COMBINED_JSON}.json")
     if extras:
         print("also wrote: " + ", ".join(extras))
     kept = [r for r in done if r.kept_voc]

@@ -15,20 +15,18 @@ from __future__ import annotations
 import argparse
 import glob
 import io
-import math
 import os
 import random
+import stat
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    from PIL import Image
+from typing import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
-from od.io.files import atomic_write_bytes
+from od.io.files import kind_of, shown
+from od.viz.gallery import class_name, write_gallery
 
 RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
 _EPS = 1e-4  # float32 storage of coordinates computed in float64
@@ -45,7 +43,7 @@ class RecordProblem:
         where = f"{self.file}: record {self.index}" if self.index >= 0 else self.file
         if self.filename:
             where += f" ({self.filename})"
-        return f"{where}: {self.problem}"
+        return shown(f"{where}: {self.problem}")  # a file name that is not UTF-8 as \xNN
 
 
 @dataclass
@@ -77,19 +75,27 @@ class InspectResult:
 
 # --- finding files -----------------------------------------------------------
 
+def _looks_like_record(name: str) -> bool:
+    return (Path(name).suffix in RECORD_SUFFIXES or "-of-" in name) and not name.startswith(".")
+
+
 def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Paths, globs and directories -> (sorted unique record files, inputs that matched nothing)."""
+    """Paths, globs and directories -> (sorted unique record paths, inputs that matched nothing).
+
+    Paths are returned whatever they are (a FIFO, a folder named ``x.tfrecord``): ``inspect_records``
+    reports what is not a regular file instead of opening it, so nothing named like a record is
+    skipped in silence.
+    """
     found: list[str] = []
     unmatched: list[str] = []
     for a in args:
         if glob.has_magic(a):
-            hits = sorted(p for p in glob.glob(a) if os.path.isfile(p))
+            hits = sorted(p for p in glob.glob(a) if not os.path.isdir(p) or _looks_like_record(os.path.basename(p)))
         elif os.path.isdir(a):
-            hits = sorted(
-                str(p) for p in Path(a).iterdir()
-                if p.is_file() and (p.suffix in RECORD_SUFFIXES or "-of-" in p.name) and not p.name.startswith(".")
-            )
-        elif os.path.isfile(a):
+            hits = sorted(str(p) for p in Path(a).iterdir() if _looks_like_record(p.name))
+            if not hits and _looks_like_record(Path(a).name):
+                hits = [a]  # a folder named like a record file, holding none: report it
+        elif os.path.exists(a):  # a FIFO, socket or device too: reported, never opened
             hits = [a]
         else:
             hits = []
@@ -101,12 +107,42 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return unique, unmatched
 
 
+def _not_a_record_file(path: str) -> str | None:
+    """Why ``path`` cannot be read as records, without opening it; None for a regular file.
+
+    ``iter_file_records`` opens with a plain ``open()``, which waits forever on a FIFO with no
+    writer: only regular files may get there.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({kind_of(mode)}); only TFRecord files are read"
+    return None
+
+
 # --- checks ------------------------------------------------------------------
 
-def _class_name(class_id: int, text: str, label_map) -> str:
-    if label_map is not None and class_id in label_map.id_to_name:
-        return label_map.id_to_name[class_id]
-    return text or f"id {class_id}"
+def _size_problems(ex, size: tuple[int, int] | None) -> list[str]:
+    """image/width and image/height: present, positive, and the decoded image's size (when it decodes).
+
+    Boxes are normalised by these numbers and models resize by them: a zero, negative or wrong
+    size puts every box of the record in the wrong place.
+    """
+    problems: list[str] = []
+    stated: list[tuple[str, int, int]] = []  # (key, value in the record, decoded value)
+    for key, value, real in (("image/width", ex.width, size and size[0]), ("image/height", ex.height, size and size[1])):
+        if key not in ex.keys:
+            problems.append(f"no {key}")
+        elif value <= 0:
+            problems.append(f"{key}={value} is not a possible image size (must be at least 1)")
+        elif size is not None and value != real:
+            stated.append((key, value, real))
+    if stated:
+        says = " ".join(f"{key}={value}" for key, value, _ in stated)
+        problems.append(f"image is {size[0]}x{size[1]} but the record says {says}")
+    return problems
 
 
 def check_example(ex, label_map=None) -> tuple[list[str], tuple[int, int] | None]:
@@ -122,12 +158,7 @@ def check_example(ex, label_map=None) -> tuple[list[str], tuple[int, int] | None
             size = im.size
     except Exception as e:  # Pillow raises many types for bad data
         problems.append(f"image does not decode: {type(e).__name__}: {e}")
-    if size is not None and ex.width > 0 and ex.height > 0 and size != (ex.width, ex.height):
-        problems.append(
-            f"image is {size[0]}x{size[1]} but the record says image/width={ex.width} image/height={ex.height}"
-        )
-    if ex.width == -1 or ex.height == -1:
-        problems.append("no image/width or image/height")
+    problems += _size_problems(ex, size)
 
     b = ex.boxes_yxyx
     for i in range(ex.num_boxes):
@@ -214,7 +245,7 @@ class _Inspector:
         in_image: set[tuple[int, str]] = set()
         for i, cid in enumerate(int(c) for c in ex.class_ids):
             text = ex.class_texts[i]
-            key = (cid, _class_name(cid, text, self.label_map))
+            key = (cid, class_name(cid, text, self.label_map))
             cc = res.classes.get(key)
             if cc is None:
                 known = self.label_map is None or cid in self.label_map.id_to_name
@@ -286,6 +317,11 @@ def inspect_records(
         bar = tqdm(unit=" rec", desc="inspect", file=sys.stderr, leave=False, disable=None)
     for path in files:
         count = 0
+        why = _not_a_record_file(path)
+        if why is not None:
+            res.problems.append(RecordProblem(path, -1, "", why))
+            res.records_per_file[path] = 0
+            continue
         try:
             for n, rec in enumerate(iter_file_records(path)):
                 count = n + 1
@@ -299,63 +335,12 @@ def inspect_records(
             )
         res.records_per_file[path] = count
         if count == 0 and not (res.problems and res.problems[-1].file == path and res.problems[-1].index == -1):
-            res.warnings.append(f"{path}: no records in this file")
+            # A file with bytes in it holds a record or fails to read: this one is 0 bytes.
+            res.problems.append(RecordProblem(path, -1, "", "empty file: no records (0 bytes)"))
     if bar is not None:
         bar.close()
     insp.finish()
     return res
-
-
-# --- gallery ------------------------------------------------------------------
-
-def _caption_font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def make_gallery(samples: Sequence, label_map=None, cell: int = 320) -> Image.Image:
-    """One grid image: each sample resized into a ``cell`` square, then boxes drawn at that size.
-
-    Drawing after resizing keeps outlines and labels legible however large the photos are.
-    """
-    from PIL import Image, ImageDraw
-
-    from od.viz.draw import draw_boxes
-
-    n = len(samples)
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    caption_h = max(14, cell // 18)
-    font = _caption_font(caption_h - 3)
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + caption_h)), (32, 32, 32))
-    draw = ImageDraw.Draw(sheet)
-    for k, (path, index, ex) in enumerate(samples):
-        with Image.open(io.BytesIO(ex.image_bytes)) as im:
-            im = im.convert("RGB")
-        scale = min(cell / im.width, cell / im.height)
-        w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
-        im = im.resize((w, h), Image.Resampling.LANCZOS)
-        boxes = ex.boxes_px(w, h)  # normalised coordinates -> pixels of the thumbnail
-        ids = [int(c) for c in ex.class_ids]
-        labels = [_class_name(c, ex.class_texts[i], label_map) for i, c in enumerate(ids)]
-        tile = draw_boxes(im, boxes, labels, ids)
-        x0, y0 = (k % cols) * cell, (k // cols) * (cell + caption_h)
-        sheet.paste(tile, (x0 + (cell - w) // 2, y0 + cell - h))  # bottom: caption right below
-        caption = f"{Path(path).name}#{index} {ex.filename}"
-        while len(caption) > 4 and draw.textlength(caption, font=font) > cell - 4:
-            caption = caption[:-2]
-        draw.text((x0 + 2, y0 + cell + 1), caption, fill=(230, 230, 230), font=font)
-    return sheet
-
-
-def write_gallery(path: str | os.PathLike, samples: Sequence, label_map=None) -> None:
-    buf = io.BytesIO()
-    make_gallery(samples, label_map).save(buf, "PNG", optimize=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # --- CLI ------------------------------------------------------------------------
@@ -390,7 +375,7 @@ def print_report(res: InspectResult, max_problems: int = 50, out=None) -> None:
         print("(no boxes)", file=out)
     if len(res.files) > 1:
         print(file=out)
-        print_table(["file", "records"], [[f, res.records_per_file.get(f, 0)] for f in res.files], file=out)
+        print_table(["file", "records"], [[shown(f), res.records_per_file.get(f, 0)] for f in res.files], file=out)
     print(
         f"\n{res.num_records} records in {len(res.files)} file(s): {res.num_boxes} boxes, "
         f"{res.negatives} negative (box-less) images, {len(res.problems)} problem(s)",
@@ -426,12 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           seed=args.seed, progress=True)
 
     for w in res.warnings:
-        warn(w)
-    shown = res.problems if args.max_problems <= 0 else res.problems[: args.max_problems]
-    for p in shown:
+        warn(shown(w))
+    listed = res.problems if args.max_problems <= 0 else res.problems[: args.max_problems]
+    for p in listed:
         print(f"od: problem: {p}", file=sys.stderr)
-    if len(shown) < len(res.problems):
-        print(f"od: ... and {len(res.problems) - len(shown)} more problem(s) (--max-problems 0 shows all)",
+    if len(listed) < len(res.problems):
+        print(f"od: ... and {len(res.problems) - len(listed)} more problem(s) (--max-problems 0 shows all)",
               file=sys.stderr)
     print_report(res, args.max_problems)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -288,6 +289,102 @@ def test_missing_inputs_reported(tmp_path, model, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "nope.jpg" in err and "*.bmp" in err
     assert (tmp_path / "o" / "g.jpg").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_fifos_sockets_and_folders_named_like_images_are_reported_not_opened(tmp_path, model, capsys):
+    folder = tmp_path / "in"
+    _img(folder / "good.jpg")
+    os.mkfifo(folder / "f.jpg")  # open() would wait for a writer
+    (folder / "d.jpg").mkdir()  # a folder named like an image, with no image in it
+    _img(folder / "named.png" / "inner.png")  # a folder named like an image that holds one: searched
+    direct_fifo, direct_dir = tmp_path / "direct.jpg", tmp_path / "dir.png"
+    os.mkfifo(direct_fifo)
+    direct_dir.mkdir()
+    out = tmp_path / "out"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(folder / "s.png"))
+        rc = _run([folder, direct_fifo, direct_dir, str(tmp_path / "dir*"), "--model", model, "--out", out,
+                   "--save-json"])
+    finally:
+        sock.close()
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    assert (out / "good.jpg").is_file() and (out / "named.png" / "inner.png").is_file()
+    for path, kind in ((folder / "f.jpg", "a FIFO"), (folder / "s.png", "a socket"), (folder / "d.jpg", "a folder"),
+                       (direct_fifo, "a FIFO"), (direct_dir, "a folder")):
+        assert f"{path}: not a regular file ({kind})" in cap.err, (path, cap.err)
+    assert f"{direct_dir}: no such file" not in cap.err and f"{direct_fifo}: no such file" not in cap.err
+    assert "2 image(s) done, 5 failed" in cap.out
+    failed = json.loads((out / "detections.json").read_text())["failed"]
+    assert sorted(Path(f["image"]).name for f in failed) == ["d.jpg", "dir.png", "direct.jpg", "f.jpg", "s.png"]
+
+
+@pytest.mark.timeout(120)
+def test_voc_copy_reads_the_image_without_blocking(tmp_path, model, monkeypatch, capsys):
+    """The VOC pre-label copies the input's bytes: they are read like every image (read_file, never a
+    plain open), so an input swapped for a FIFO after it was decoded cannot hang the run."""
+    import threading
+
+    import od.data.images as images
+
+    src = _img(tmp_path / "in" / "shot.jpg")
+    real_open = images.open_image_rgb
+    done, blocked = threading.Event(), []
+
+    def unblock() -> None:  # a reader stuck on the FIFO gets a writer (then EOF): a failure, not a hang
+        while not done.wait(10):
+            blocked.append(True)
+            try:
+                os.close(os.open(src, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    def open_then_swap(path):
+        img = real_open(path)
+        os.unlink(path)
+        os.mkfifo(path)
+        threading.Thread(target=unblock, daemon=True).start()
+        return img
+
+    monkeypatch.setattr(images, "open_image_rgb", open_then_swap)
+    out = tmp_path / "out"
+    try:
+        rc = _run([src, "--model", model, "--out", out, "--save-voc"])
+    finally:
+        done.set()
+    assert not blocked, "opening the input for the VOC copy waited on the FIFO"
+    assert rc == 0, capsys.readouterr().err
+    # the decoded pixels are stored instead of the (now unreadable) input's bytes
+    assert (out / "voc" / "shot.xml").is_file()
+    with Image.open(out / "voc" / "shot.jpg") as im:
+        assert im.size == (W, H)
+
+
+def test_non_utf8_file_names(tmp_path, model, capsys):
+    folder = tmp_path / "in"
+    _img(folder / "plain.jpg")
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    _img(Path(os.fsdecode(raw)))
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.png"), "wb") as f:
+        f.write(b"not a png")
+    out = tmp_path / "out"
+    rc = _run([folder, "--model", model, "--out", out, "--save-json", "--save-voc"])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err  # the broken one
+    assert f"{folder}/caf\\xe9.jpg: 1 bird, 1 cat, 1 dog" in cap.out, cap.out
+    assert f"{folder}/bad\\xff.png" in cap.err and "\\udc" not in cap.err
+    assert os.path.isfile(os.path.join(os.fsencode(out), b"caf\xe9.jpg"))  # outputs keep the name's bytes
+    combined = json.loads((out / "detections.json").read_text(encoding="utf-8"))
+    assert sorted(Path(i["image"]).name for i in combined["images"]) == ["caf\\xe9.jpg", "plain.jpg"]
+    assert [Path(f["image"]).name for f in combined["failed"]] == ["bad\\xff.png"]
+    # VOC XML holds text: the pre-label and its image copy are named with the escapes, and match
+    from od.data.voc import parse_voc
+
+    ann = parse_voc(out / "voc" / "caf\\xe9.xml", out / "voc")
+    assert ann.image_path and Path(ann.image_path).name == "caf\\xe9.jpg" and Path(ann.image_path).is_file()
+    assert len(ann.boxes) == 3 and (out / "voc" / "plain.xml").is_file()
 
 
 def test_missing_model_lists_exports(tmp_path, export_root, monkeypatch, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 from od.viz.draw import color_for
 from od.inspect import expand_inputs, inspect_records, main
 from od.io.label_map import LabelMap, write_label_map
-from od.io.example import encode_example, source_id_for
+from od.io.example import _example_class, encode_example, source_id_for
 from od.io.tfrecord import write_records
 from od.core import Box
 
@@ -97,6 +99,63 @@ def _label_map(tmp_path: Path) -> Path:
     return p
 
 
+def _with_sizes(record: bytes, **sizes: int | None) -> bytes:
+    """``record`` with image/width / image/height set to any value (None: removed), written with the
+    protobuf message class directly: od's encoder refuses sizes that are not positive."""
+    ex = _example_class()()
+    ex.ParseFromString(record)
+    for key, value in sizes.items():
+        name = f"image/{key}"
+        if value is None:
+            del ex.features.feature[name]
+        else:
+            ex.features.feature[name].int64_list.value[:] = [value]
+    return ex.SerializeToString()
+
+
+def test_impossible_sizes_are_problems(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "sizes.tfrecord"
+    ok = _example("ok.jpg", [Box(1, 1, 20, 20, name="circle")], [1])  # 120x90
+    write_records(f, [
+        ok,
+        _with_sizes(_example("w0.jpg", [], []), width=0),
+        _with_sizes(_example("hneg.jpg", [], []), height=-5),
+        _with_sizes(_example("both.jpg", [], []), width=0, height=0),
+        _with_sizes(_example("w0h.jpg", [], []), width=0, height=91),  # and the height is wrong
+        _example("big.jpg", [], [], width=120, height=91, image_bytes=_jpeg(120, 90)),  # off by one
+        _with_sizes(_example("nowidth.jpg", [], []), width=None),
+    ])
+    rc = main([str(f)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    problems = [l for l in err.splitlines() if l.startswith("od: problem:")]
+
+    def at(i: int) -> list[str]:
+        return [l for l in problems if f"{f}: record {i} " in l]
+
+    assert at(0) == []
+    assert any("image/width=0 is not a possible image size" in l for l in at(1)), err
+    assert any("image/height=-5 is not a possible image size" in l for l in at(2)), err
+    assert len(at(3)) == 2 and all("is not a possible image size" in l for l in at(3)), err
+    assert any("image/width=0 is not" in l for l in at(4)), err
+    assert any("image is 120x90 but the record says image/height=91" in l for l in at(4)), err
+    assert any("image is 120x90 but the record says image/height=91" in l for l in at(5)), err
+    assert any("no image/width" in l for l in at(6)), err
+
+
+def test_empty_file_is_a_problem(tmp_path: Path, capsys) -> None:
+    out = _good(tmp_path)
+    empty = out / "train-00002-of-00003.tfrecord"
+    empty.write_bytes(b"")
+    rc = main([str(out)])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    assert f"od: problem: {empty}: empty file: no records" in cap.err
+    assert "4 records in 4 file(s)" in cap.out and "1 problem(s)" in cap.out
+    res = inspect_records([str(empty)])
+    assert [(p.index, p.problem) for p in res.problems] == [(-1, "empty file: no records (0 bytes)")]
+
+
 def test_inconsistent_texts_without_label_map(tmp_path: Path) -> None:
     f = tmp_path / "x.record"
     write_records(f, [
@@ -132,6 +191,53 @@ def test_truncated_file_and_usage_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as ei:
         main([])
     assert ei.value.code == 2
+
+
+@pytest.mark.timeout(30)
+def test_only_regular_files_are_opened(tmp_path: Path, capsys) -> None:
+    out = _good(tmp_path)
+    os.mkfifo(out / "train-00009-of-00010.tfrecord")  # found in the folder
+    (out / "sub.tfrecord").mkdir()  # a folder named like a record, in the folder
+    (out / "notes").mkdir()  # an ordinary sub-folder: not looked at
+    fifo = tmp_path / "a.tfrecord"  # named on the command line
+    os.mkfifo(fifo)
+    folder = tmp_path / "b.tfrecord"
+    folder.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "c.tfrecord"))
+        rc = main([str(out), str(fifo), str(folder), str(tmp_path / "c.*"),
+                   "--label-map", str(tmp_path / "label_map.pbtxt")])
+    finally:
+        sock.close()
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    problems = [l for l in cap.err.splitlines() if l.startswith("od: problem:")]
+    for path, kind in ((out / "train-00009-of-00010.tfrecord", "a FIFO"), (out / "sub.tfrecord", "a folder"),
+                       (fifo, "a FIFO"), (folder, "a folder"), (tmp_path / "c.tfrecord", "a socket")):
+        assert any(l.startswith(f"od: problem: {path}: not a regular file ({kind})") for l in problems), (path, cap.err)
+    assert len(problems) == 5, cap.err
+    assert "notes" not in cap.err
+    assert "4 records in 8 file(s)" in cap.out  # the good records are all read
+    # The library call alike: a FIFO is reported, not opened (open() would wait for a writer).
+    res = inspect_records([str(fifo), str(out / "val-00000-of-00001.tfrecord")])
+    assert [(p.file, p.problem.split(";")[0]) for p in res.problems] == [(str(fifo), "not a regular file (a FIFO)")]
+    assert res.num_records == 1
+
+
+def test_file_names_that_are_not_utf8(tmp_path: Path, capsys) -> None:
+    folder = os.path.join(os.fsencode(tmp_path), b"recs")
+    os.mkdir(folder)
+    name = os.fsdecode(os.path.join(folder, b"train-00000-of-00002-\xe9.tfrecord"))  # Latin-1 byte
+    write_records(name, [_example("a.jpg", [Box(1, 1, 20, 20, name="circle")], [1])])
+    open(os.path.join(folder, b"train-00001-of-00002-\xff.tfrecord"), "wb").close()  # empty: a problem
+    png = tmp_path / "g.png"
+    rc = main([os.fsdecode(folder), "--gallery", str(png)])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    assert "train-00000-of-00002-\\xe9.tfrecord  " in cap.out  # the per-file table
+    assert "train-00001-of-00002-\\xff.tfrecord: empty file: no records" in cap.err
+    assert "\\udc" not in cap.err and png.is_file()
 
 
 def test_expand_inputs(tmp_path: Path) -> None:
