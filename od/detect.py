@@ -15,7 +15,6 @@ import glob
 import json
 import os
 import re
-import stat
 import sys
 import time
 from collections import Counter, deque
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from od.core import Box, Detection
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
-from od.io.files import atomic_write_bytes, atomic_write_text, kind_of, read_file, shown
+from od.io.files import atomic_write_bytes, atomic_write_text, file_problem, read_file, shown
 
 if TYPE_CHECKING:  # imported lazily at run time (numpy/PIL/TF are slow to import)
     import numpy as np
@@ -125,18 +124,6 @@ def _walk_images(folder: Path, exclude: Path | None) -> list[Path]:
         holding = {parent for f in found for parent in f.parents}
         found += [d for d in image_named_dirs if d not in holding]
     return found
-
-
-def _not_a_regular_file(path: Path) -> str | None:
-    """Why ``path`` cannot be read as an image, without opening it (a FIFO would block ``open``);
-    None for a regular file. ``read_file`` checks again when it opens, without blocking."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return f"cannot read image: {e.strerror or e}"
-    if not stat.S_ISREG(mode):
-        return f"not a regular file ({kind_of(mode)}); only image files are read"
-    return None
 
 
 def collect_inputs(specs: Sequence[str], out_dir: Path) -> tuple[list[InputImage], list[str]]:
@@ -681,7 +668,7 @@ def run(
     from od.data.images import open_image_rgb
 
     def load(item: InputImage):
-        why = _not_a_regular_file(item.path)
+        why = file_problem(item.path)
         if why is not None:
             return item, None, None, f"{shown(item.path)}: {why}"
         try:

@@ -17,7 +17,6 @@ import glob
 import io
 import os
 import random
-import stat
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
-from od.io.files import kind_of, shown
+from od.io.files import file_problem, shown
 from od.viz.gallery import class_name, write_gallery
 
 RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
@@ -105,21 +104,6 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[str], list[str]]:
     seen: set[str] = set()
     unique = [p for p in found if not (p in seen or seen.add(p))]
     return unique, unmatched
-
-
-def _not_a_record_file(path: str) -> str | None:
-    """Why ``path`` cannot be read as records, without opening it; None for a regular file.
-
-    ``iter_file_records`` opens with a plain ``open()``, which waits forever on a FIFO with no
-    writer: only regular files may get there.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return f"cannot read: {e.strerror or e}"
-    if not stat.S_ISREG(mode):
-        return f"not a regular file ({kind_of(mode)}); only TFRecord files are read"
-    return None
 
 
 # --- checks ------------------------------------------------------------------
@@ -317,7 +301,7 @@ def inspect_records(
         bar = tqdm(unit=" rec", desc="inspect", file=sys.stderr, leave=False, disable=None)
     for path in files:
         count = 0
-        why = _not_a_record_file(path)
+        why = file_problem(path)
         if why is not None:
             res.problems.append(RecordProblem(path, -1, "", why))
             res.records_per_file[path] = 0

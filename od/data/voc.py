@@ -14,7 +14,6 @@ import functools
 import math
 import os
 import re
-import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Sequence
 
@@ -22,7 +21,7 @@ from lxml import etree
 
 from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Annotation, Box, Problem
 from od.data.walk import Roots
-from od.io.files import atomic_write_bytes, kind_of, read_file
+from od.io.files import atomic_write_bytes, file_problem, read_file
 
 # Image suffixes tried when <filename> is missing/wrong (fallback: image with the XML's stem).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -89,12 +88,9 @@ def _unsafe_filename(name: str) -> str | None:
 
 def image_problem(path: str, roots: Roots) -> str | None:
     """Why the image at ``path`` cannot be used (missing, not a regular file, outside), or None."""
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return "not found"
-    if not stat.S_ISREG(st.st_mode):
-        return f"is not a regular file ({kind_of(st.st_mode)}); not read"
+    why = file_problem(path)
+    if why:
+        return why if why == "not found" else f"{why}; not read"
     return roots.refuse(path)
 
 

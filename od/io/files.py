@@ -36,6 +36,23 @@ def kind_of(mode: int) -> str:
     return "not a file"
 
 
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file od can read, without opening it; None when it is.
+
+    For listings and messages; ``read_file`` checks again on the opened file, so a path
+    swapped for a FIFO in between still cannot block.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except (OSError, ValueError) as e:
+        return f"cannot read: {getattr(e, 'strerror', None) or e}"
+    if not stat.S_ISREG(mode):
+        return f"not a regular file ({kind_of(mode)})"
+    return None
+
+
 def read_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
     """The whole regular file, or its first ``limit`` bytes.
 
