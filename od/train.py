@@ -386,11 +386,11 @@ def run(args) -> int:
         if prev is not None and prev["params"].task.init_checkpoint:
             params.override({"task": {"init_checkpoint": prev["params"].task.init_checkpoint}}, is_strict=True)
     elif ckpt_name:
-        from od import checkpoints
+        from od.model.checkpoints import CheckpointError, resolve
 
         try:
-            init_path = checkpoints.resolve(ckpt_name)
-        except checkpoints.CheckpointError as e:
+            init_path = resolve(ckpt_name)
+        except CheckpointError as e:
             error(str(e))
             return EXIT_USAGE
         params.override({"task": {"init_checkpoint": init_path}}, is_strict=True)
@@ -424,12 +424,12 @@ def run(args) -> int:
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
     if init_path:
-        from od import checkpoints
+        from od.model.finetune import restore_for_finetune
 
         modules = header.get("init_checkpoint_modules") or ["backbone", "decoder"]
 
         def _initialize(model, _path=init_path, _modules=modules):
-            checkpoints.restore_for_finetune(model, _path, modules=_modules)
+            restore_for_finetune(model, _path, modules=_modules)
 
         task.initialize = _initialize
 

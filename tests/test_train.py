@@ -127,7 +127,7 @@ def test_finetune_with_other_class_count_restores_backbone(trained, demo_records
     import tensorflow as tf
     from official.core import task_factory
 
-    from od import checkpoints
+    from od.model.finetune import restore_for_finetune
     from od.model.model_dir import load_model_dir
     from od.model.render import render
 
@@ -145,7 +145,7 @@ def test_finetune_with_other_class_count_restores_backbone(trained, demo_records
     new = render("faster_rcnn_resnet18_fpn_cpu", str(rec), str(lm), tiny_sets).params
     assert new.task.model.num_classes == 5
     model = task_factory.get_task(new.task).build_model()
-    report = checkpoints.restore_for_finetune(model, ckpt, "all", log=lambda m: None)
+    report = restore_for_finetune(model, ckpt, "all", log=lambda m: None)
 
     old_params, _ = load_model_dir(md)
     reference = task_factory.get_task(old_params.task).build_model()
@@ -175,7 +175,7 @@ def test_finetune_with_other_class_count_restores_backbone(trained, demo_records
 
 
 def test_cli_modules_do_not_import_tensorflow_for_help():
-    code = ("import sys, od.train, od.configs, od.checkpoints, od.model.render; "
+    code = ("import sys, od.train, od.configs, od.checkpoints, od.model.render, od.model.finetune; "
             "od.train._parser().format_help(); "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([PY, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
