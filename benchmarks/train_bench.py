@@ -68,12 +68,12 @@ def _direct(model_dir: str, out: str) -> None:
 
 def _input_rate(model_dir: str, batches: int) -> float:
     """images/s of the training input pipeline alone (decode + augment + anchor labelling + batch)."""
-    from od import configs
+    from od.model.model_dir import load_model_dir
 
     import tensorflow as tf
     from official.core import task_factory
 
-    params, _ = configs.load_model_dir(model_dir)
+    params, _ = load_model_dir(model_dir)
     task = task_factory.get_task(params.task)
     ds = task.build_inputs(params.task.train_data)
     it = iter(ds)
@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     od_sps, mg_sps = statistics.median(od_runs), statistics.median(mg_runs)
     n1, n2 = len(od_runs), len(mg_runs)
 
-    from od import configs
+    from od.model.model_dir import load_model_dir
 
-    params, _ = configs.load_model_dir(od_dir)
+    params, _ = load_model_dir(od_dir)
     bs = params.task.train_data.global_batch_size
     in_rate = _input_rate(od_dir, args.input_batches)
     model_rate = od_sps * bs

@@ -451,7 +451,8 @@ def _run(args: argparse.Namespace) -> int:
         if not model_dir and model_json.get("model_dir") and os.path.isdir(str(model_json["model_dir"])):
             model_dir = str(model_json["model_dir"])
     if model_dir:
-        from od.configs import ConfigError, load_model_dir
+        from od.model.errors import ConfigError
+        from od.model.model_dir import load_model_dir
 
         try:
             params, header = load_model_dir(model_dir)

@@ -174,8 +174,8 @@ def check_model_dir(model_dir: Path) -> None:
 
 
 def load_model_dir(model_dir: Path) -> tuple[Any, dict]:
-    """(params, header) via od.configs, its errors turned into ExportError."""
-    from od.configs import load_model_dir as _load
+    """(params, header) via od.model.model_dir, its errors turned into ExportError."""
+    from od.model.model_dir import load_model_dir as _load
 
     try:
         return _load(model_dir)

@@ -153,28 +153,29 @@ def check_model_dir(model_dir: str, params, header: dict) -> dict | None:
     import tensorflow as tf
     import yaml
 
-    from od import configs
+    from od.model.errors import ConfigError
+    from od.model.model_dir import HEADER_FILE, load_model_dir
 
-    hpath = _join(model_dir, configs.HEADER_FILE)
+    hpath = _join(model_dir, HEADER_FILE)
     if not tf.io.gfile.exists(hpath):
         if tf.train.latest_checkpoint(model_dir):
-            raise configs.ConfigError(
-                f"{model_dir} has checkpoints but no {configs.HEADER_FILE}: it was not written by od.train; "
+            raise ConfigError(
+                f"{model_dir} has checkpoints but no {HEADER_FILE}: it was not written by od.train; "
                 "use another --model-dir"
             )
         return None
-    old_params, old_header = configs.load_model_dir(model_dir)
+    old_params, old_header = load_model_dir(model_dir)
     new_model, old_model = params.task.model.as_dict(), old_params.task.model.as_dict()
     if new_model != old_model or old_header.get("base_experiment") != header.get("base_experiment"):
         diffs = [k for k in sorted(set(_flat(new_model)) | set(_flat(old_model)))
                  if _flat(new_model).get(k) != _flat(old_model).get(k)]
-        raise configs.ConfigError(
+        raise ConfigError(
             f"{model_dir} belongs to a different config (template {old_header.get('template')!r}; "
             f"model differs in: {', '.join('task.model.' + d for d in diffs[:6]) or 'base experiment'}). "
             "Use another --model-dir, or the same --config/--set as that run to resume it."
         )
     if old_header.get("classes") and old_header["classes"] != header.get("classes"):
-        raise configs.ConfigError(
+        raise ConfigError(
             f"{model_dir} was trained with classes {old_header['classes']} but the label map now has "
             f"{header.get('classes')}; use another --model-dir (fine-tune from it with --init-checkpoint)"
         )
@@ -194,16 +195,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_record_labels(params, num_classes: int, report: dict | None) -> None:
     """Labels > num_classes crash deep inside the loss (or silently vanish): find them first.
 
-    With od's report.json the label map check in od.configs already covers it; otherwise one quick
+    With od's report.json the label map check in od.model.render already covers it; otherwise one quick
     pass over the label feature only (no image decoding).
     """
     if report and report.get("classes"):
         return
     import tensorflow as tf
 
-    from od import configs
+    from od.model import paths
+    from od.model.errors import ConfigError
 
-    files = configs._glob(str(params.task.train_data.input_path)) + configs._glob(
+    files = paths.glob(str(params.task.train_data.input_path)) + paths.glob(
         str(params.task.validation_data.input_path))
     ds = tf.data.TFRecordDataset(files).map(
         lambda s: tf.io.parse_single_example(s, {"image/object/class/label": tf.io.VarLenFeature(tf.int64)}),
@@ -212,7 +214,7 @@ def check_record_labels(params, num_classes: int, report: dict | None) -> None:
     for ex in ds.map(lambda e: tf.reduce_max(tf.concat([e["image/object/class/label"].values, [0]], 0))):
         top = max(top, int(ex))
     if top > num_classes - 1:
-        raise configs.ConfigError(
+        raise ConfigError(
             f"the records contain class id {top} but task.model.num_classes={num_classes} allows ids up to "
             f"{num_classes - 1}; the label map does not match the records (re-run python -m od.records)"
         )
@@ -331,7 +333,9 @@ def _quiet_logs() -> None:
 
 def run(args) -> int:
     _quiet_logs()
-    from od import configs
+    from od.model.errors import ConfigError
+    from od.model.model_dir import HEADER_FILE, LABEL_MAP_FILE, PIPELINE_FILE, config_yaml, header_yaml
+    from od.model.render import render
 
     name = Path(args.config).stem
     model_dir = args.model_dir or str(Path("runs") / name)
@@ -346,8 +350,8 @@ def run(args) -> int:
     if args.init_checkpoint:
         sets.append(f"od.pretrained_checkpoint={args.init_checkpoint}")
     try:
-        r = configs.render(args.config, args.records, args.label_map, sets)
-    except configs.ConfigError as e:
+        r = render(args.config, args.records, args.label_map, sets)
+    except ConfigError as e:
         error(str(e))
         return EXIT_USAGE
 
@@ -361,10 +365,10 @@ def run(args) -> int:
             # Resuming without --steps keeps the run's own length (it may have been extended before).
             old_steps = prev["params"].trainer.train_steps
             if old_steps != params.trainer.train_steps:
-                r = configs.render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"])
+                r = render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"])
                 params, header = r.params, r.header
         check_record_labels(params, params.task.model.num_classes, r.report)
-    except configs.ConfigError as e:
+    except ConfigError as e:
         error(str(e))
         return EXIT_USAGE
 
@@ -382,11 +386,11 @@ def run(args) -> int:
         if prev is not None and prev["params"].task.init_checkpoint:
             params.override({"task": {"init_checkpoint": prev["params"].task.init_checkpoint}}, is_strict=True)
     elif ckpt_name:
-        from od import checkpoints
+        from od.model.checkpoints import CheckpointError, resolve
 
         try:
-            init_path = checkpoints.resolve(ckpt_name)
-        except checkpoints.CheckpointError as e:
+            init_path = resolve(ckpt_name)
+        except CheckpointError as e:
             error(str(e))
             return EXIT_USAGE
         params.override({"task": {"init_checkpoint": init_path}}, is_strict=True)
@@ -400,11 +404,11 @@ def run(args) -> int:
         return EXIT_OK
 
     tf.io.gfile.makedirs(model_dir)
-    write_text(_join(model_dir, configs.PIPELINE_FILE), configs.config_yaml(params))
-    write_text(_join(model_dir, configs.HEADER_FILE), configs.header_yaml(header))
+    write_text(_join(model_dir, PIPELINE_FILE), config_yaml(params))
+    write_text(_join(model_dir, HEADER_FILE), header_yaml(header))
     from od.io.label_map import format_label_map
 
-    write_text(_join(model_dir, configs.LABEL_MAP_FILE), format_label_map(r.label_map))
+    write_text(_join(model_dir, LABEL_MAP_FILE), format_label_map(r.label_map))
 
     from official.core import task_factory, train_lib
     from official.modeling import performance
@@ -420,12 +424,12 @@ def run(args) -> int:
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
     if init_path:
-        from od import checkpoints
+        from od.model.finetune import restore_for_finetune
 
         modules = header.get("init_checkpoint_modules") or ["backbone", "decoder"]
 
         def _initialize(model, _path=init_path, _modules=modules):
-            checkpoints.restore_for_finetune(model, _path, modules=_modules)
+            restore_for_finetune(model, _path, modules=_modules)
 
         task.initialize = _initialize
 

@@ -1,4 +1,4 @@
-"""od.checkpoints: verified downloads from a real local HTTP server, safe extraction, fine-tune restore."""
+"""od.model checkpoints + finetune: verified downloads from a local HTTP server, safe extraction, fine-tune restore."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from od import checkpoints as ck
+from od.model import checkpoints as ck
+from od.model.finetune import restore_for_finetune
 
 
 # --------------------------------------------------------------------------- a real local server
@@ -213,7 +214,7 @@ def test_restore_backbone_and_heads_reinit_classifier(tmp_path):
     dst = _tiny(num_classes=6)
     before_cls = dst.detection_head[0]._classifier.kernel.numpy().copy()
     logs: list[str] = []
-    rep = ck.restore_for_finetune(dst, prefix, "all", log=logs.append)
+    rep = restore_for_finetune(dst, prefix, "all", log=logs.append)
     for a, b in zip(src.backbone.variables, dst.backbone.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(src.decoder.variables + src.rpn_head.variables, dst.decoder.variables + dst.rpn_head.variables):
@@ -233,7 +234,7 @@ def test_part_with_other_shapes_is_left_untouched(tmp_path):
     prefix = _save_like_trainer(src, tmp_path / "ckpt")
     dst = _tiny(num_classes=3, width=16)  # backbone widths differ -> decoder input differs too
     before = [v.numpy().copy() for v in dst.backbone.variables]
-    rep = ck.restore_for_finetune(dst, prefix, "all", log=lambda m: None)
+    rep = restore_for_finetune(dst, prefix, "all", log=lambda m: None)
     for b, v in zip(before, dst.backbone.variables):
         np.testing.assert_array_equal(b, v.numpy())  # reverted, never half restored
     assert ("backbone" in dict(rep.not_restored)) and "shape" in dict(rep.not_restored)["backbone"]
@@ -244,9 +245,9 @@ def test_nothing_matching_is_a_clear_error(tmp_path):
 
     prefix = tf.train.Checkpoint(something_else=tf.Variable([1.0, 2.0])).write(str(tmp_path / "other"))
     with pytest.raises(ck.CheckpointError, match="nothing in .* matches"):
-        ck.restore_for_finetune(_tiny(3), prefix, "all", log=lambda m: None)
+        restore_for_finetune(_tiny(3), prefix, "all", log=lambda m: None)
     with pytest.raises(ck.CheckpointError, match="no such checkpoint|neither"):
-        ck.restore_for_finetune(_tiny(3), str(tmp_path / "missing"), "all", log=lambda m: None)
+        restore_for_finetune(_tiny(3), str(tmp_path / "missing"), "all", log=lambda m: None)
 
 
 def test_archive_checkpoint_end_to_end_over_http(server, cache, monkeypatch):
@@ -266,6 +267,6 @@ def test_archive_checkpoint_end_to_end_over_http(server, cache, monkeypatch):
     prefix = ck.resolve("arch", progress=False)
     assert prefix.endswith("ckpt-7") and prefix.startswith(str(cache))
     dst = _tiny(5)
-    ck.restore_for_finetune(dst, prefix, ["backbone"], log=lambda m: None)
+    restore_for_finetune(dst, prefix, ["backbone"], log=lambda m: None)
     np.testing.assert_array_equal(src.backbone.variables[0].numpy(), dst.backbone.variables[0].numpy())
     assert ck.resolve("arch", progress=False) == prefix  # cached: no second download needed

@@ -1,4 +1,4 @@
-"""od.configs: templates + report.json + --set -> a complete Model Garden experiment config."""
+"""od.model config building (templates, --set, record values, render, model dir) and the od.configs CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import pytest
 import yaml
 
 from od import configs
+from od.model.errors import ConfigError
+from od.model.model_dir import HEADER_FILE, PIPELINE_FILE, config_yaml, header_yaml, load_model_dir
+from od.model.render import render
+from od.model.templates import available_templates, templates_dir
 
 CPU = "faster_rcnn_resnet18_fpn_cpu"
 
@@ -32,7 +36,7 @@ def _records(tmp_path: Path, classes=("circle", "square", "triangle"), n_train=1
 
 def test_render_fills_classes_paths_and_counts_from_report(tmp_path):
     rec = _records(tmp_path, classes=("a", "b", "c", "d", "e"), n_val=9)
-    r = configs.render(CPU, str(rec))
+    r = render(CPU, str(rec))
     p = r.params
     assert p.task.model.num_classes == 6  # 5 classes + background
     assert p.task.train_data.input_path == str(rec / "train-*-of-*.tfrecord")
@@ -53,7 +57,7 @@ def test_render_fills_classes_paths_and_counts_from_report(tmp_path):
 
 def test_set_overrides_with_yaml_values(tmp_path):
     rec = _records(tmp_path)
-    r = configs.render(CPU, str(rec), overrides=[
+    r = render(CPU, str(rec), overrides=[
         "task.model.input_size=[320,320,3]", "trainer.train_steps=1234",
         "task.validation_data.global_batch_size=2", "task.train_data.parser.aug_rand_hflip=false"])
     p = r.params
@@ -72,8 +76,8 @@ def test_set_overrides_with_yaml_values(tmp_path):
 ])
 def test_unknown_keys_rejected_with_closest_suggestions(tmp_path, key, suggestion):
     rec = _records(tmp_path)
-    with pytest.raises(configs.ConfigError) as e:
-        configs.render(CPU, str(rec), overrides=[f"{key}=1"])
+    with pytest.raises(ConfigError) as e:
+        render(CPU, str(rec), overrides=[f"{key}=1"])
     assert key in str(e.value) and suggestion in str(e.value)
 
 
@@ -93,58 +97,58 @@ def test_cli_render_writes_complete_yaml_and_rejects_typos(tmp_path, capsys):
 
 def test_label_map_class_count_must_match_config(tmp_path):
     rec = _records(tmp_path)
-    with pytest.raises(configs.ConfigError, match="num_classes=7 .* 3 classes"):
-        configs.render(CPU, str(rec), overrides=["task.model.num_classes=7"])
+    with pytest.raises(ConfigError, match="num_classes=7 .* 3 classes"):
+        render(CPU, str(rec), overrides=["task.model.num_classes=7"])
 
 
 def test_records_labels_not_in_label_map_are_caught(tmp_path):
     rec = _records(tmp_path)
     other = tmp_path / "other.pbtxt"
     other.write_text("item { id: 1 name: 'circle' }\nitem { id: 2 name: 'square' }\n")
-    with pytest.raises(configs.ConfigError, match="triangle"):
-        configs.render(CPU, str(rec), label_map=str(other))
+    with pytest.raises(ConfigError, match="triangle"):
+        render(CPU, str(rec), label_map=str(other))
 
 
 def test_missing_and_empty_records_fail_early(tmp_path):
     rec = _records(tmp_path)
     for f in rec.glob("val-*"):
         f.unlink()
-    with pytest.raises(configs.ConfigError, match="no validation records match .*val-"):
-        configs.render(CPU, str(rec))
+    with pytest.raises(ConfigError, match="no validation records match .*val-"):
+        render(CPU, str(rec))
     (rec / "val-00000-of-00001.tfrecord").write_bytes(b"")
-    with pytest.raises(configs.ConfigError, match="empty record file"):
-        configs.render(CPU, str(rec))
+    with pytest.raises(ConfigError, match="empty record file"):
+        render(CPU, str(rec))
 
 
 def test_intervals_are_made_multiples_of_steps_per_loop(tmp_path):
     rec = _records(tmp_path)
-    p = configs.render(CPU, str(rec), overrides=["trainer.steps_per_loop=20", "trainer.summary_interval=30",
+    p = render(CPU, str(rec), overrides=["trainer.steps_per_loop=20", "trainer.summary_interval=30",
                                                   "trainer.checkpoint_interval=50"]).params
     assert p.trainer.summary_interval % 20 == 0 and p.trainer.checkpoint_interval % 20 == 0
 
 
 def test_all_templates_render_and_template_paths_work(tmp_path):
     rec = _records(tmp_path)
-    names = configs.available_templates()
+    names = available_templates()
     assert {CPU, "faster_rcnn_resnet50_fpn", "retinanet_resnet50_fpn"} <= set(names)
     for n in names:
-        r = configs.render(n, str(rec))
+        r = render(n, str(rec))
         assert r.params.task.model.num_classes == 4
-    path = configs.templates_dir() / f"{CPU}.yaml"
-    assert configs.render(str(path), str(rec)).header["template"] == CPU
-    with pytest.raises(configs.ConfigError, match=CPU):
-        configs.render("faster_rcnn_resnet18_fpn_cp", str(rec))
+    path = templates_dir() / f"{CPU}.yaml"
+    assert render(str(path), str(rec)).header["template"] == CPU
+    with pytest.raises(ConfigError, match=CPU):
+        render("faster_rcnn_resnet18_fpn_cp", str(rec))
 
 
 def test_load_model_dir_round_trip(tmp_path):
     rec = _records(tmp_path)
-    r = configs.render(CPU, str(rec), overrides=["trainer.train_steps=77"])
+    r = render(CPU, str(rec), overrides=["trainer.train_steps=77"])
     md = tmp_path / "run"
     md.mkdir()
-    (md / configs.PIPELINE_FILE).write_text(configs.config_yaml(r.params))
-    (md / configs.HEADER_FILE).write_text(configs.header_yaml(r.header))
-    params, header = configs.load_model_dir(md)
+    (md / PIPELINE_FILE).write_text(config_yaml(r.params))
+    (md / HEADER_FILE).write_text(header_yaml(r.header))
+    params, header = load_model_dir(md)
     assert params.as_dict() == r.params.as_dict()
     assert header["template"] == CPU and header["classes"] == r.header["classes"]
-    with pytest.raises(configs.ConfigError, match="not an od model dir"):
-        configs.load_model_dir(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="not an od model dir"):
+        load_model_dir(tmp_path / "nowhere")

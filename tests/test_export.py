@@ -313,7 +313,7 @@ def _restored_model(model_dir: str, ckpt_path: str):
     import tensorflow as tf
     from official.core import task_factory
 
-    from od.configs import load_model_dir
+    from od.model.model_dir import load_model_dir
 
     params, _ = load_model_dir(model_dir)
     model = task_factory.get_task(params.task).build_model()

@@ -65,7 +65,7 @@ def test_short_run_writes_checkpoints_summaries_and_configs(trained):
     assert (md / "best_ckpt").is_dir() and list((md / "best_ckpt").glob("*.index")), "no best checkpoint"
     import yaml
 
-    from od import configs
+    from od.model.model_dir import load_model_dir
 
     pipe = yaml.safe_load((md / "pipeline.yaml").read_text())
     assert pipe["task"]["model"]["num_classes"] == 4 and pipe["trainer"]["train_steps"] == 20
@@ -73,7 +73,7 @@ def test_short_run_writes_checkpoints_summaries_and_configs(trained):
     assert head["template"] == "faster_rcnn_resnet18_fpn_cpu" and [c["name"] for c in head["classes"]] == [
         "circle", "square", "triangle"]
     assert "circle" in (md / "label_map.pbtxt").read_text()
-    params, _ = configs.load_model_dir(md)
+    params, _ = load_model_dir(md)
     assert params.task.model.input_size == [128, 128, 3]
     assert "val AP50" in p.stderr and "steps/s" in p.stderr  # validation ran in process + summary table
     # Re-running a finished run is a no-op that says how to extend it.
@@ -127,7 +127,9 @@ def test_finetune_with_other_class_count_restores_backbone(trained, demo_records
     import tensorflow as tf
     from official.core import task_factory
 
-    from od import checkpoints, configs
+    from od.model.finetune import restore_for_finetune
+    from od.model.model_dir import load_model_dir
+    from od.model.render import render
 
     md, _ = trained
     ckpt = tf.train.latest_checkpoint(str(md))
@@ -140,12 +142,12 @@ def test_finetune_with_other_class_count_restores_backbone(trained, demo_records
                     "--quiet", "--workers", "1"], cwd=REPO, env=ENV, check=True, capture_output=True, timeout=120)
     tiny_sets = [TINY[i + 1] for i in range(0, len(TINY), 2)]
 
-    new = configs.render("faster_rcnn_resnet18_fpn_cpu", str(rec), str(lm), tiny_sets).params
+    new = render("faster_rcnn_resnet18_fpn_cpu", str(rec), str(lm), tiny_sets).params
     assert new.task.model.num_classes == 5
     model = task_factory.get_task(new.task).build_model()
-    report = checkpoints.restore_for_finetune(model, ckpt, "all", log=lambda m: None)
+    report = restore_for_finetune(model, ckpt, "all", log=lambda m: None)
 
-    old_params, _ = configs.load_model_dir(md)
+    old_params, _ = load_model_dir(md)
     reference = task_factory.get_task(old_params.task).build_model()
     tf.train.Checkpoint(model=reference).read(ckpt).expect_partial()
     assert len(model.backbone.variables) == len(reference.backbone.variables) > 0
@@ -173,7 +175,8 @@ def test_finetune_with_other_class_count_restores_backbone(trained, demo_records
 
 
 def test_cli_modules_do_not_import_tensorflow_for_help():
-    code = ("import sys, od.train, od.configs, od.checkpoints; od.train._parser().format_help(); "
+    code = ("import sys, od.train, od.configs, od.checkpoints, od.model.render, od.model.finetune; "
+            "od.train._parser().format_help(); "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([PY, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
@@ -201,7 +204,8 @@ def test_non_finite_loss_stops_and_names_the_step():
 
 
 def test_strategy_on_this_cpu_is_one_device_without_gpus():
-    from od import configs, train
+    from od import train
+    from od.model.render import render
 
     rec = Path(__file__).resolve().parent
     import json
@@ -215,7 +219,7 @@ def test_strategy_on_this_cpu_is_one_device_without_gpus():
         (d / "lm.pbtxt").write_text("item { id: 1 name: 'a' }\n")
         (d / "report.json").write_text(json.dumps({"label_map": str(d / "lm.pbtxt"), "classes": [
             {"id": 1, "name": "a"}], "splits": {"train": {"num_images": 4}, "val": {"num_images": 2}}}))
-        params = configs.render("faster_rcnn_resnet18_fpn_cpu", str(d)).params
+        params = render("faster_rcnn_resnet18_fpn_cpu", str(d)).params
         params.override({"runtime": {"mixed_precision_dtype": "bfloat16"}})
         strategy, kind = train.pick_strategy(params, tpu=None, mixed_precision=True)
     import tensorflow as tf

@@ -1,0 +1,82 @@
+"""Config templates in ``pipeline_configs/``: find one by name or path, load its od header, get its base experiment.
+
+A template is YAML with two parts: ``od:`` (od's header: base experiment, pretrained checkpoint
+name, ...) and ``experiment:`` (overrides merged over Model Garden's registered experiment).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import yaml
+
+from od.model.errors import ConfigError
+
+TEMPLATE_SUFFIXES = (".yaml", ".yml")
+HEADER_KEYS = ("base_experiment", "pretrained_checkpoint", "init_checkpoint_modules", "description")
+
+
+def templates_dir() -> Path:
+    """``pipeline_configs/`` of the checkout (or of the current directory when installed)."""
+    here = Path(__file__).resolve().parents[2] / "pipeline_configs"
+    if here.is_dir():
+        return here
+    return Path.cwd() / "pipeline_configs"
+
+
+def available_templates() -> list[str]:
+    d = templates_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def find_template(name_or_path: str | os.PathLike) -> Path:
+    """A template name from ``pipeline_configs/`` or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for suffix in ("",) + TEMPLATE_SUFFIXES:
+        cand = templates_dir() / f"{name_or_path}{suffix}"
+        if cand.is_file():
+            return cand
+    names = available_templates()
+    close = difflib.get_close_matches(str(name_or_path), names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"template {str(name_or_path)!r} not found (not a file, not in {templates_dir()}){hint} "
+        f"Available: {', '.join(names) or 'none'}"
+    )
+
+
+def load_template(name_or_path: str | os.PathLike) -> tuple[dict, dict, Path]:
+    """-> (od header, experiment overrides, template path)."""
+    path = find_template(name_or_path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(doc, dict) or "od" not in doc or "experiment" not in doc:
+        raise ConfigError(f"{path}: a template needs two top-level keys, 'od:' and 'experiment:'")
+    header = dict(doc["od"] or {})
+    unknown = set(header) - set(HEADER_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys in od: header: {sorted(unknown)} (valid: {list(HEADER_KEYS)})")
+    if not header.get("base_experiment"):
+        raise ConfigError(f"{path}: od.base_experiment is required (a Model Garden experiment name)")
+    header.setdefault("pretrained_checkpoint", None)
+    header.setdefault("init_checkpoint_modules", ["backbone", "decoder"])
+    header["template"] = path.stem
+    header["template_path"] = str(path)
+    return header, dict(doc["experiment"] or {}), path
+
+
+def base_config(name: str):
+    from official.core import exp_factory
+
+    import official.vision  # noqa: F401  (registers the vision experiments)
+
+    try:
+        return exp_factory.get_exp_config(name)
+    except KeyError as e:
+        raise ConfigError(f"unknown Model Garden experiment {name!r} in the template's od.base_experiment") from e
