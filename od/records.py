@@ -32,7 +32,7 @@ from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, format_table, 
 from od.data.layout import Layout, UsageError, detect_layout
 from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
-from od.data.workers import Workers, run_tasks
+from od.data.shards import run_tasks
 from od.io.files import atomic_write_text
 from od.io.shards import SHARD_RE, SPLITS, TMP_RE
 
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with Workers(workers, progress=not args.quiet) as pool:
-            return _run(args, layout, data_dir, out, lm_path, val_fraction, pool)
+        return _run(args, layout, data_dir, out, lm_path, val_fraction, workers)
     except KeyboardInterrupt:
         error("interrupted; nothing was written")
         return 130
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(
     args: argparse.Namespace, layout: Layout, data_dir: str, out: Path, lm_path: Path, val_fraction: float,
-    pool: Workers,
+    workers: int,
 ) -> int:
     from od.io.label_map import LabelMapError, write_label_map
 
@@ -212,7 +211,7 @@ def _run(
     try:
         plan = plan_dataset(
             layout, lm_path, add_classes=args.add_classes, skip_difficult=args.skip_difficult,
-            val_fraction=val_fraction, test_fraction=args.test_fraction, show_progress=show, pool=pool,
+            val_fraction=val_fraction, test_fraction=args.test_fraction, show_progress=show,
         )
     except LabelMapError as e:
         error(f"{e} (fix it, or pass another --label-map)")
@@ -234,7 +233,7 @@ def _run(
     name_to_id = dict(plan.label_map.name_to_id)
     if args.strict:
         checks = make_shard_tasks(plan, out, args.shards, name_to_id, dry_run=True)
-        outcomes = run_tasks(checks, pool, len(plan.items), show, desc="checking")
+        outcomes = run_tasks(checks, workers, len(plan.items), show, desc="checking")
         found = list(plan.problems) + [p for o in sorted(outcomes, key=lambda o: o.index) for p in o.problems]
         if found:
             for pr in found[:MAX_PROBLEMS_SHOWN]:
@@ -251,9 +250,8 @@ def _run(
         note_default("--shards", "about 150 MB per shard (" + ", ".join(
             f"{s}: {sum(t.split == s for t in tasks)}" for s in SPLITS if any(t.split == s for t in tasks)) + ")")
     try:
-        outcomes = run_tasks(tasks, pool, len(plan.items), show)
+        outcomes = run_tasks(tasks, workers, len(plan.items), show)
     except BaseException as e:
-        pool.terminate()  # stop workers before removing the temp shards they write
         for t in tasks:
             try:
                 os.unlink(t.tmp_path)

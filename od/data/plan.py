@@ -9,19 +9,19 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 from od.core import DROPPED_BOX, SKIPPED_IMAGE, Annotation, Box, Problem
 from od.data.layout import Layout, _iter_xml_names, read_imagesets
 from od.data.splits import _split_of_digest, hash_split
-from od.data.workers import PARSE_CHUNK, Workers
 from od.io.shards import SPLITS, shard_name
 
 TARGET_SHARD_BYTES = 150 * 1024 * 1024  # OD API / TF guidance: 100-200 MB per shard
-
-
-def _no_progress(n: int) -> None:
-    pass
+# A split of n * MIN_SHARD_BYTES gets at least min(n, PARALLEL_SHARDS) shards, so that that many
+# workers can write it at once (a shard is one worker's job). From the data alone, never from
+# --workers: the output must not depend on it. 32 MB take 0.04 s (photos) to 0.25 s (30 KB images).
+MIN_SHARD_BYTES = 32 * 1024 * 1024
+PARALLEL_SHARDS = 8
 
 
 class Item(NamedTuple):
@@ -55,14 +55,17 @@ class ShardTask:
     dry_run: bool = False
 
 
-def _parse_chunk(
-    jobs: Sequence[tuple[str, str, str]], progress: Callable[[int], None] = _no_progress
-) -> list[tuple[Annotation, int]]:
-    """Annotations and their image's size in bytes (-1 when unknown), read in a worker."""
+def _read_xmls(xmls: Sequence[str], root: str, image_dirs: Sequence[str], show: bool) -> list[tuple[Annotation, int]]:
+    """Annotations and their image's size in bytes (-1 when unknown), in XML order."""
     from od.data.voc import parse_voc
 
+    pairs = zip(xmls, image_dirs)
+    if show and len(xmls) >= 2000:  # ~50 us per XML: a bar only where it is long enough to see
+        from tqdm import tqdm
+
+        pairs = tqdm(pairs, total=len(xmls), desc="reading XML", unit="xml", disable=None, leave=False)
     out = []
-    for x, root, images in jobs:
+    for x, images in pairs:
         ann = parse_voc(x, root, images)
         size = -1
         if ann.image_path is not None:
@@ -71,7 +74,6 @@ def _parse_chunk(
             except OSError:
                 pass
         out.append((ann, size))
-    progress(len(jobs))
     return out
 
 
@@ -132,7 +134,6 @@ def plan_dataset(
     val_fraction: float,
     test_fraction: float,
     show_progress: bool = True,
-    pool: "Workers | None" = None,
 ) -> Plan:
     """Read every XML, resolve images, classes, duplicates and splits (no pixels read)."""
     from od.io.label_map import LabelMap, read_label_map
@@ -162,16 +163,7 @@ def plan_dataset(
         keys.append(prefix + f[:-4])  # == relative_to(annotations).with_suffix("").as_posix()
         xml_names.append(name_prefix + f)
         image_dirs.append(images_s)
-    pool = pool or Workers(1)
-    # Small jobs when there are few XMLs, so every worker gets some (4+ per worker balances well).
-    chunk = max(16, min(PARSE_CHUNK, math.ceil(len(xmls) / (4 * pool.n))))
-    jobs = [
-        [(x, root_s, im) for x, im in zip(xmls[i : i + chunk], image_dirs[i : i + chunk])]
-        for i in range(0, len(xmls), chunk)
-    ]
-    parsed = [a for chunk in pool.map_progress(
-        _parse_chunk, jobs, len(xmls), "reading XML", show_progress and len(xmls) >= 2000, leave=False, ahead=2)
-        for a in chunk]
+    parsed = _read_xmls(xmls, root_s, image_dirs, show_progress)
 
     # Per XML (listing order): report name, key, annotation; problems only where there are some.
     problems_by_xml: dict[str, list[Problem]] = {}
@@ -336,7 +328,8 @@ def make_shard_tasks(
         if not items:
             continue
         if shards is None:
-            n = max(1, math.ceil(sum(_image_size(it) for it in items) / TARGET_SHARD_BYTES))
+            size = sum(_image_size(it) for it in items)
+            n = max(math.ceil(size / TARGET_SHARD_BYTES), min(PARALLEL_SHARDS, size // MIN_SHARD_BYTES))
         else:
             n = shards
         n = max(1, min(n, len(items)))
