@@ -32,7 +32,7 @@ from od.data.layout import Layout, UsageError, detect_layout
 from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
 from od.data.output import REPORT_FILE, OutputError, commit, discard, locked, survey, temp_name
-from od.data.workers import WorkerError, run_tasks
+from od.data.shards import WorkerError, run_tasks
 from od.io.shards import SPLITS
 
 DEFAULT_OUT = "data/records"

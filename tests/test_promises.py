@@ -701,6 +701,8 @@ _KILL_WORKERS = textwrap.dedent(
         return load
     PIL.Image.Image.load = dying(PIL.Image.Image.load)
     PIL.ImageFile.ImageFile.load = dying(PIL.ImageFile.ImageFile.load)
+    import od.data.shards
+    od.data.shards.MIN_POOL_BYTES = 0  # the pool even for this small set (else it runs in one process)
     from od.records import main
     sys.exit(main(sys.argv[1:]))
     """
@@ -716,7 +718,7 @@ def test_a_killed_worker_is_an_error_not_a_hang(paths):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     before = H.snapshot(out)
-    args = [ds, "--out", out, "--label-map", lm, "--quiet", "--workers", "2"]
+    args = [ds, "--out", out, "--label-map", lm, "--quiet", "--workers", "2", "--shards", "2"]
     res = python(_KILL_WORKERS, args)
     assert res.returncode == 1, res.stderr[-3000:]
     one_error(res.stderr, "worker")

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from od import records
-from od.data import convert, plan, synthetic, workers
+from od.data import convert, plan, synthetic
 from od.data import layout as odlayout
 from od.io.label_map import read_label_map
 from od.io.example import decode_example
@@ -76,11 +77,10 @@ def _examples(out: Path) -> dict[str, tuple[str, object]]:
     return res
 
 
-PARALLEL_EVEN_WHEN_SMALL = (
+IN_A_FRESH_PROCESS = (
     "from od import records\n"
-    "from od.data import convert, workers\n"
-    "workers.MIN_PARALLEL = 0  # use the worker processes even for a small set\n"
-    "workers.CHUNK_MIN_ITEMS = 4  # and split shards of a few images into chunks\n"
+    "from od.data import convert, shards\n"
+    "shards.MIN_POOL_BYTES = 0  # worker processes even for a small dataset\n"
 )
 
 
@@ -327,22 +327,24 @@ def test_rerun_byte_identical_and_workers_do_not_change_output(tmp_path):
     args = [str(ds), "--label-map", str(lm), "--shards", "2", "--test-fraction", "0.2"]
     assert _convert([*args, "--out", str(tmp_path / "a")])[0] == 0
     assert _convert([*args, "--out", str(tmp_path / "b")])[0] == 0
-    # a separate process with a pool of 2 workers, through the CLI; TF must never be imported by it
-    script = PARALLEL_EVEN_WHEN_SMALL + (
-        "import sys\n"
-        f"rc = records.main({[*args, '--out', str(tmp_path / 'c'), '--workers', '2']!r})\n"
-        "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-FREE', rc)\n"
-    )
-    out = _python(script)
-    assert "TF-FREE 0" in out, out
+    # separate processes with pools of 2 and 3 workers (forked: nothing else is loaded there),
+    # through the CLI; TF must never be imported by it
+    for workers, name in ((2, "c"), (3, "d")):
+        script = IN_A_FRESH_PROCESS + (
+            "import sys\n"
+            f"rc = records.main({[*args, '--out', str(tmp_path / name), '--workers', str(workers)]!r})\n"
+            "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-FREE', rc)\n"
+        )
+        out = _python(script)
+        assert "TF-FREE 0" in out, out
 
     def snapshot(d: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
-    a, b, c = snapshot(tmp_path / "a"), snapshot(tmp_path / "b"), snapshot(tmp_path / "c")
+    a, b, c, d = (snapshot(tmp_path / n) for n in "abcd")
     names = sorted(a)
     assert "train-00000-of-00002.tfrecord" in names and "test-00001-of-00002.tfrecord" in names
-    assert a == b == c
+    assert a == b == c == d
 
 
 def test_help_is_fast_and_tf_free():
@@ -485,98 +487,135 @@ def test_interrupted_run_leaves_no_finished_looking_shard(tmp_path, monkeypatch)
     assert sum(sp["num_images"] for sp in rep["splits"].values()) == 20
 
 
-def test_parallel_chunks_and_single_shards_give_the_same_bytes(tmp_path):
-    """Workers split a lone train shard into chunks and join them: same bytes as one process."""
+def test_worker_processes_write_whole_shards_with_the_same_bytes(tmp_path):
+    """Shards written by several worker processes == the same shards written by this process."""
     ds = tmp_path / "ds"
     synthetic.generate(ds, 60, seed=4)
     lm = tmp_path / "lm.pbtxt"
-    args = [str(ds), "--label-map", str(lm)]
+    args = [str(ds), "--label-map", str(lm), "--shards", "3"]
     assert _convert([*args, "--out", str(tmp_path / "one")])[0] == 0
-    script = PARALLEL_EVEN_WHEN_SMALL + (
+    script = IN_A_FRESH_PROCESS + (
         "import os\n"
-        "real = workers.write_shard\n"
-        "def spy(task, progress=convert._no_progress):\n"
-        "    print('CHUNK', os.getpid(), task.tmp_path.rsplit('.', 2)[-2], len(task.items), flush=True)\n"
+        "print('PARENT', os.getpid(), flush=True)\n"
+        "real = shards.write_shard\n"
+        "def spy(task, progress):\n"
+        "    os.write(1, f'SHARD {os.getpid()} {os.path.basename(task.final_path)}\\n'.encode())  # one atomic write\n"
         "    return real(task, progress)\n"
-        "workers.write_shard = spy\n"
-        f"rc = records.main({[*args, '--out', str(tmp_path / 'two'), '--workers', '3', '--quiet']!r})\n"
+        "shards.write_shard = spy\n"
+        f"rc = records.main({[*args, '--out', str(tmp_path / 'three'), '--workers', '3', '--quiet']!r})\n"
         "print('RC', rc)\n"
     )
     out = _python(script)
     assert "RC 0" in out, out
-    chunks = [ln.split() for ln in out.splitlines() if ln.startswith("CHUNK")]
-    assert len({c[1] for c in chunks}) >= 2  # the parent and a child both wrote chunks
-    assert any("-" in c[2] for c in chunks)  # a shard was written in parts
+    parent = next(ln.split()[1] for ln in out.splitlines() if ln.startswith("PARENT"))
+    written = [ln.split() for ln in out.splitlines() if ln.startswith("SHARD")]
+    assert len(written) == 6 and len({w[2] for w in written}) == 6  # each shard once, whole
+    pids = {w[1] for w in written}
+    assert len(pids) >= 2 and parent not in pids  # worker processes wrote them
     one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").iterdir())}
-    two = {p.name: p.read_bytes() for p in sorted((tmp_path / "two").iterdir())}
-    assert sorted(one) == sorted(two) == ["report.json", "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]
-    assert one == two
+    three = {p.name: p.read_bytes() for p in sorted((tmp_path / "three").iterdir())}
+    assert len(one) == 7 and one == three
 
 
-def test_chunking_only_where_workers_would_wait(tmp_path):
-    def task(split, n):
-        items = tuple(
-            plan.Item(i, f"k{i}", split, "x.xml", "x.jpg", "x.jpg", "x.jpg", None, (), i + 1) for i in range(n)
-        )
-        return plan.ShardTask(split, f"/o/{split}", f"/o/.{split}.1.tmp", items, {})
+def test_spawned_workers_once_tensorflow_is_loaded_give_the_same_bytes(tmp_path, monkeypatch):
+    """Forking after TensorFlow is loaded is unsafe (its threads): then workers are spawned."""
+    from od.data import shards
 
-    even = [task("train", 400), task("train", 400), task("val", 100), task("val", 100)]
-    assert workers._chunked(even, 2) == list(enumerate(even))  # whole shards already share out evenly
-    lone = [task("train", 800), task("val", 200)]
-    parts = workers._chunked(lone, 2)
-    assert [(s, len(t.items)) for s, t in parts] == [(0, 500), (0, 300), (1, 200)]
-    assert [t.tmp_path for _, t in parts] == ["/o/.train.1-0.tmp", "/o/.train.1-1.tmp", "/o/.val.1.tmp"]
-    assert [it for _, t in parts[:2] for it in t.items] == list(lone[0].items)  # in order, nothing lost
-    assert workers._chunked(lone, 1) == list(enumerate(lone))
+    ds = tmp_path / "ds"
+    synthetic.generate(ds, 30, seed=12)
+    args = [str(ds), "--label-map", str(tmp_path / "lm.pbtxt"), "--shards", "2"]
+    assert _convert([*args, "--out", str(tmp_path / "one")])[0] == 0
+    monkeypatch.setattr(shards, "MIN_POOL_BYTES", 0)
+    monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow") or types.ModuleType("tensorflow"))
+    started = []
+    real = shards.ProcessPoolExecutor
 
+    def spy(*a, **kw):
+        started.append(kw["mp_context"].get_start_method())
+        return real(*a, **kw)
 
-@pytest.mark.parametrize("kernel_copy", ["works", "unsupported", "fails part-way"])
-def test_join_parts_with_and_without_copy_file_range(tmp_path, monkeypatch, kernel_copy):
-    real = getattr(os, "copy_file_range", None)
-    calls = {"n": 0, "copied": 0}
-
-    def spy(src, dst, count, *a):
-        calls["n"] += 1
-        if kernel_copy == "unsupported" or real is None or (kernel_copy == "fails part-way" and calls["n"] > 1):
-            raise OSError(95, "Operation not supported")
-        n = real(src, dst, min(count, 100) if kernel_copy == "fails part-way" else count, *a)
-        calls["copied"] += n  # some bytes land before a part-way failure
-        return n
-
-    monkeypatch.setattr(os, "copy_file_range", spy, raising=False)
-    blobs = [os.urandom(n) for n in (1000, 70_000, 5, 3_000_000)]
-    parts = []
-    for k, b in enumerate(blobs):
-        (tmp_path / f"p{k}").write_bytes(b)
-        parts.append(str(tmp_path / f"p{k}"))
-    workers._join_parts(str(tmp_path / "shard"), parts)
-    assert (tmp_path / "shard").read_bytes() == b"".join(blobs)
-    if real is not None and kernel_copy != "unsupported":
-        assert calls["copied"] >= (sum(map(len, blobs[1:])) if kernel_copy == "works" else 100)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard"]
+    monkeypatch.setattr(shards, "ProcessPoolExecutor", spy)
+    assert _convert([*args, "--out", str(tmp_path / "two")], workers=2)[0] == 0
+    assert started == ["spawn"]
+    one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").iterdir())}
+    assert len(one) == 5 and one == {p.name: p.read_bytes() for p in sorted((tmp_path / "two").iterdir())}
 
 
-def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path):
+def test_default_shard_count_grows_with_the_data_not_with_workers(tmp_path):
+    mb = 1024 * 1024
+
+    def shard_counts(n_images: int, image_mb: float) -> int:
+        items = [plan.Item(i, f"k{i}", "train", "x.xml", "x.jpg", "x.jpg", "x.jpg", None, (), i + 1,
+                           size=int(image_mb * mb)) for i in range(n_images)]
+        return len(plan.make_shard_tasks(types.SimpleNamespace(items=items), tmp_path, None, {}))
+
+    assert shard_counts(200, 0.07) == 1  # raccoon-sized: one shard, one job
+    assert shard_counts(2000, 0.03) == 1  # < 2 x MIN_SHARD_BYTES: not worth splitting
+    assert shard_counts(100, 1.2) == 3  # 120 MB: 3 workers can share it
+    assert shard_counts(400, 1.2) == plan.PARALLEL_SHARDS  # 480 MB: 8 shards of 60 MB
+    assert shard_counts(2000, 1.2) == 16  # 2.4 GB: ~150 MB each
+    assert shard_counts(5, 100) == 5  # never more shards than images
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_failing_worker_stops_the_run_and_leaves_no_temp_files(tmp_path, how):
     ds = tmp_path / "ds"
     synthetic.generate(ds, 40, seed=6)
     out = tmp_path / "rec"
-    script = PARALLEL_EVEN_WHEN_SMALL + (
-        "import os\n"
+    fail = "raise RuntimeError('disk on fire')" if how == "raises" else "os._exit(3)"
+    script = IN_A_FRESH_PROCESS + (
+        "import os, time\n"
         "parent = os.getpid()\n"
         "real = convert._convert_item\n"
         "def boom(item, name_to_id):\n"
-        "    if os.getpid() != parent:\n"
-        "        raise RuntimeError('disk on fire')\n"
+        "    if os.getpid() != parent and item.index % 2:\n"
+        f"        {fail}\n"
+        "    time.sleep(0.01)\n"
         "    return real(item, name_to_id)\n"
         "convert._convert_item = boom\n"
         "try:\n"
-        f"    records.main({[str(ds), '--out', str(out), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2', '--quiet']!r})\n"
-        "except workers.WorkerError as e:\n"
-        "    print('WORKER-ERROR', 'disk on fire' in str(e))\n"
+        f"    print('RC', records.main({[str(ds), '--out', str(out), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2', '--shards', '2', '--quiet']!r}))\n"
+        "except RuntimeError as e:\n"
+        "    print('RUNTIME-ERROR', e)\n"
     )
     said = _python(script)
-    assert "WORKER-ERROR True" in said, said
+    if how == "raises":  # a bug in a worker surfaces as itself, as it would in one process
+        assert "RUNTIME-ERROR disk on fire" in said, said
+    else:  # a killed worker is an expected failure: one error line, exit 1
+        assert "od: error: a worker process died" in said and "RC 1" in said and "Traceback" not in said, said
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
+def test_ctrl_c_while_workers_write_stops_them_and_leaves_no_temp_files(tmp_path):
+    ds = tmp_path / "ds"
+    synthetic.generate(ds, 40, seed=3)
+    out, lm = tmp_path / "rec", tmp_path / "lm.pbtxt"
+    args = [str(ds), "--out", str(out), "--label-map", str(lm), "--shards", "2"]
+    assert _convert(args)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = (
+        "import multiprocessing, os, time, tqdm\n"
+        "class Bar:\n"
+        "    def __init__(self, *a, **kw):\n"
+        "        pass\n"
+        "    def update(self, n=1):\n"
+        "        if n:\n"
+        "            raise KeyboardInterrupt  # Ctrl-C lands in the parent while the workers convert\n"
+        "    def close(self):\n"
+        "        pass\n"
+        "tqdm.tqdm = Bar\n"
+        + IN_A_FRESH_PROCESS
+        + "real = convert._convert_item\n"
+        "def slow(item, name_to_id):\n"
+        "    time.sleep(0.05)\n"
+        "    return real(item, name_to_id)\n"
+        "convert._convert_item = slow\n"
+        f"rc = records.main({[*args, '--workers', '2']!r})\n"
+        "print('RC', rc, 'ALIVE', len(multiprocessing.active_children()))\n"
+    )
+    said = _python(script)
+    assert "RC 130 ALIVE 0" in said and "interrupted" in said, said
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files, nothing replaced
 
 
 def test_progress_counts_every_image_whoever_converts_it(tmp_path):
@@ -593,9 +632,9 @@ def test_progress_counts_every_image_whoever_converts_it(tmp_path):
         "    def close(self):\n"
         "        pass\n"
         "tqdm.tqdm = Bar\n"
-        + PARALLEL_EVEN_WHEN_SMALL
+        + IN_A_FRESH_PROCESS
         + "with contextlib.redirect_stdout(io.StringIO()):\n"
-        f"    rc = records.main({[str(ds), '--out', str(tmp_path / 'r'), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2']!r})\n"
+        f"    rc = records.main({[str(ds), '--out', str(tmp_path / 'r'), '--label-map', str(tmp_path / 'lm.pbtxt'), '--workers', '2', '--shards', '3']!r})\n"
         "print('RC', rc, sorted(counts.items()))\n"
     )
     out = _python(script)

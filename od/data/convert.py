@@ -87,10 +87,10 @@ def write_shard(task: ShardTask, progress: Callable[[int], None] = _no_progress)
     """
     from time import monotonic
 
-    from od.io.tfrecord import open_record_writer
+    from od.io.tfrecord import RecordWriter
 
     outcomes: list[Outcome] = []
-    writer = None if task.dry_run else open_record_writer(task.tmp_path)
+    writer = None if task.dry_run else RecordWriter(task.tmp_path)
     try:
         pending = 0
         last = monotonic()

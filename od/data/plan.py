@@ -19,6 +19,11 @@ from od.io.files import shown
 from od.io.shards import SPLITS, shard_name
 
 TARGET_SHARD_BYTES = 150 * 1024 * 1024  # OD API / TF guidance: 100-200 MB per shard
+# A split of n * MIN_SHARD_BYTES gets at least min(n, PARALLEL_SHARDS) shards, so that that many
+# workers can write it at once (a shard is one worker's job). From the data alone, never from
+# --workers: the output must not depend on it. 32 MB take 0.04 s (photos) to 0.25 s (30 KB images).
+MIN_SHARD_BYTES = 32 * 1024 * 1024
+PARALLEL_SHARDS = 8
 
 
 class Item(NamedTuple):
@@ -266,7 +271,8 @@ def make_shard_tasks(
         if not items:
             continue
         if shards is None:
-            n = max(1, math.ceil(sum(_image_size(it) for it in items) / TARGET_SHARD_BYTES))
+            size = sum(_image_size(it) for it in items)
+            n = max(math.ceil(size / TARGET_SHARD_BYTES), min(PARALLEL_SHARDS, size // MIN_SHARD_BYTES))
         else:
             n = shards
         n = max(1, min(n, len(items)))
