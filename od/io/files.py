@@ -9,7 +9,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
 def _umask() -> int:
@@ -53,24 +53,31 @@ def file_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """The whole regular file, or its first ``limit`` bytes.
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``open(path, "rb")`` for regular files only, without ever blocking.
 
-    Only regular files are read: anything else raises ``NotRegularFileError`` ("not a
-    regular file (a FIFO)") without blocking. Other failures raise OSError as ``open`` would.
+    Anything else raises ``NotRegularFileError`` ("not a regular file (a FIFO)"), checked on
+    the opened file, so a path swapped for a FIFO after a listing cannot block either.
+    Other failures raise OSError as ``open`` would.
     """
     try:
         fd = os.open(path, _O_READ)
     except IsADirectoryError:
         raise NotRegularFileError(errno.EISDIR, "not a regular file (a folder)", os.fspath(path)) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError(errno.EINVAL, f"not a regular file ({kind_of(st.st_mode)})", os.fspath(path))
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read() if limit is None else f.read(limit)
-    finally:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, f"not a regular file ({kind_of(mode)})", os.fspath(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The whole regular file, or its first ``limit`` bytes (see ``open_regular``)."""
+    with open_regular(path) as f:
+        return f.read() if limit is None else f.read(limit)
 
 
 def shown(path: str | os.PathLike) -> str:

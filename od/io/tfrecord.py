@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 
 import google_crc32c
 
+from od.io.files import open_regular
+
 _U64 = struct.Struct("<Q").pack
 _U32 = struct.Struct("<I").pack
 
@@ -30,10 +32,10 @@ def iter_file_records(path: str | os.PathLike) -> Iterator[bytes]:
     """Records of one (uncompressed) TFRecord file, in order, checksums verified.
 
     A truncated or corrupt file raises TFRecordError after the good records before
-    the damage were yielded.
+    the damage were yielded; anything but a regular file raises NotRegularFileError at once.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         index = 0
         while header := f.read(12):
             where = f"{path}: record {index}"
