@@ -6,16 +6,11 @@ Three layouts are recognised (``--annotations``/``--images`` override):
      folder (images/ JPEGImages/ imgs/);
   3. XML files next to their images (LabelImg's default), searched recursively.
 
-First every XML is read (by the workers) and the whole conversion is planned: images,
-classes, duplicates, splits, shards. Then the workers write the shards (a big shard in
-consecutive chunks, joined in order afterwards), streaming one image at a time (memory
-does not grow with the dataset). This process is one of the workers: with ``--workers 2``
-there is one child process, fed through a pipe. Workers never
-import TensorFlow: Examples are encoded by ``od.tfexample`` (hand-written wire format, the
-image bytes passed through untouched) and written with its TF-free TFRecord writer
-(CRC32C via ``google-crc32c``, batched ``writev``), so a worker starts in well under a
-second. Shards are written under hidden temporary names and renamed only when every shard
-is complete; ``report.json`` is written last.
+First every XML is read and the whole conversion is planned (``od.data.plan``): images,
+classes, duplicates, splits, shards. Then the shards are written (``od.data.shards``), one
+whole shard per worker process, one image in memory at a time, under temporary names.
+Everything is checked before anything replaces what ``--out`` held (``od.data.output``):
+one writer at a time, only od's own files replaced, all renames or none.
 """
 
 from __future__ import annotations
@@ -122,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--add-classes", action="store_true", help="add classes missing from an existing label map")
     ap.add_argument("--val-fraction", type=_fraction, default=None, metavar="F", help=f"val share when no ImageSets (default {DEFAULT_VAL_FRACTION})")
     ap.add_argument("--test-fraction", type=_fraction, default=0.0, metavar="F", help="test share when no ImageSets (default 0)")
-    ap.add_argument("--shards", type=_positive, metavar="N", help="shards per split (default: ~150 MB each, at least 1)")
+    ap.add_argument("--shards", type=_positive, metavar="N", help="shards per split (default: ~150 MB each; one per 32 MB up to 8, so workers share a split)")
     ap.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: CPU count)")
     ap.add_argument("--skip-difficult", action="store_true", help="drop boxes marked difficult")
     ap.add_argument("--follow-links", action="store_true",
@@ -259,7 +254,7 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
     discard([str(out / f) for f in existing.stale_temps])  # of od runs that died: nobody else writes here
     tasks = make_shard_tasks(plan, out, args.shards, name_to_id)
     if args.shards is None:
-        note_default("--shards", "about 150 MB per shard (" + ", ".join(
+        note_default("--shards", "~150 MB a shard, one per 32 MB up to 8 (" + ", ".join(
             f"{s}: {sum(t.split == s for t in tasks)}" for s in SPLITS if any(t.split == s for t in tasks)) + ")")
     new_names = {Path(t.final_path).name for t in tasks}
     clash = [f for f in existing.foreign if f in new_names]

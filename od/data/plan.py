@@ -12,6 +12,7 @@ from typing import NamedTuple, Sequence
 
 from od.core import DROPPED_BOX, SKIPPED_IMAGE, Annotation, Box, Problem
 from od.data.layout import Layout, read_imagesets
+from od.data.output import temp_name
 from od.data.splits import _split_of_digest, hash_split
 from od.data.voc import parse_voc
 from od.data.walk import Roots, walk_xml
@@ -265,7 +266,6 @@ def make_shard_tasks(
     plan: Plan, out: Path, shards: int | None, name_to_id: dict, dry_run: bool = False
 ) -> list[ShardTask]:
     tasks: list[ShardTask] = []
-    pid = os.getpid()
     for split in SPLITS:
         items = _shard_order([it for it in plan.items if it.split == split])
         if not items:
@@ -278,6 +278,5 @@ def make_shard_tasks(
         n = max(1, min(n, len(items)))
         for i in range(n):
             final = out / shard_name(split, i, n)
-            tmp = out / f".{final.name}.{pid}.tmp"
-            tasks.append(ShardTask(split, str(final), str(tmp), tuple(items[i::n]), name_to_id, dry_run))
+            tasks.append(ShardTask(split, str(final), temp_name(final), tuple(items[i::n]), name_to_id, dry_run))
     return tasks
