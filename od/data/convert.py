@@ -6,10 +6,11 @@ from collections import Counter
 from typing import Callable, NamedTuple, Sequence
 
 from od.core import SKIPPED_IMAGE, Box, Problem
+from od.data.voc import apply_box_rules
 
 
 class Outcome(NamedTuple):
-    """What became of one image (a NamedTuple for the same reason as ``Item``)."""
+    """What became of one image (a NamedTuple, like ``Item``: one per image, sent back by workers)."""
 
     index: int
     converted: bool
@@ -22,28 +23,10 @@ class Outcome(NamedTuple):
     kept_boxes: int = 0
 
 
-_hot_functions: tuple | None = None
-
-
-def _hot() -> tuple:
-    """``(prepare_image, apply_box_rules, encode_example_parts)``, imported on first use.
-
-    Not at module level: ``od.records --help`` must not load Pillow; not per image either
-    (an import statement costs a lookup through the import system every time).
-    """
-    global _hot_functions
-    if _hot_functions is None:
-        from od.data.images import prepare_image
-        from od.io.example import encode_example_parts
-        from od.data.voc import apply_box_rules
-
-        _hot_functions = (prepare_image, apply_box_rules, encode_example_parts)
-    return _hot_functions
-
-
 def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
     """Prepare one image and encode its Example as ``(prefix, image bytes, suffix)`` parts."""
-    prepare_image, apply_box_rules, _ = _hot()
+    from od.data.images import prepare_image  # Pillow: loaded on first use (not for --help)
+
     prep = prepare_image(item.image_path, item.xml_size, item.image_report)
     if prep.data is None:
         return Outcome(item.index, False, problems=prep.problems), None
@@ -64,7 +47,9 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
 
 
 def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> tuple:
-    return _hot()[2](
+    from od.io.example import encode_example_parts  # protobuf: loaded on first use (not for --help)
+
+    return encode_example_parts(
         image_bytes=prep.data,
         image_format="jpeg",
         width=prep.width,

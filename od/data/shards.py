@@ -10,7 +10,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
-from od.data.convert import Outcome, _hot, write_shard
+from od.data.convert import Outcome, write_shard
 from od.data.plan import ShardTask, _image_size
 
 # Below this many image bytes the work takes 0.25 s at most: a pool (~25 ms to start) hardly pays.
@@ -74,7 +74,7 @@ def run_tasks(
 
 
 def _run_pool(tasks: Sequence[ShardTask], workers: int, progress) -> list[Outcome]:
-    _hot()  # import Pillow, lxml and protobuf once, here: forked workers inherit them
+    import od.data.images  # noqa: F401  (Pillow, imported once here: forked workers inherit it)
     # fork starts a worker in milliseconds; not once TensorFlow is loaded (its threads do not survive a fork)
     fork = "fork" in mp.get_all_start_methods() and "tensorflow" not in sys.modules
     ctx = mp.get_context("fork" if fork else "spawn")
