@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# --------------------------------------------------------------------------- VOC (copied from tests/test_records.py)
+# --------------------------------------------------------------------------- VOC datasets (also used by test_records)
 
 
 def img(path: Path, size=(80, 60), color=(40, 120, 200), fmt="JPEG", mode="RGB", patch=None, **save) -> Path:

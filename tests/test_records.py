@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hostile import img as _img
+from hostile import xml as _xml
 from od import records
 from od.data import convert, plan, synthetic
 from od.data import layout as odlayout
@@ -30,33 +32,6 @@ RACCOON = SHARED / "datasets" / "raccoon"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _img(path: Path, size=(80, 60), color=(40, 120, 200), fmt="JPEG", mode="RGB", patch=None, **save) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.new("RGB", size, color)
-    if patch is not None:
-        im.paste((255, 0, 0), patch)
-    if mode != "RGB":
-        im = im.convert(mode)
-    im.save(path, fmt, **save)
-    return path
-
-
-def _xml(path: Path, filename: str, size=(80, 60), objects=(), raw: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if raw is not None:
-        path.write_text(raw)
-        return path
-    objs = "".join(
-        f"<object><name>{o[0]}</name><pose>Unspecified</pose><truncated>0</truncated>"
-        f"<difficult>{int(o[5]) if len(o) > 5 else 0}</difficult><bndbox><xmin>{o[1]}</xmin><ymin>{o[2]}</ymin>"
-        f"<xmax>{o[3]}</xmax><ymax>{o[4]}</ymax></bndbox></object>"
-        for o in objects
-    )
-    sz = f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
-    path.write_text(f"<annotation><folder>x</folder><filename>{filename}</filename>{sz}{objs}</annotation>")
-    return path
 
 
 def _convert(args: list[str], workers: int = 1) -> tuple[int, dict | None]:
