@@ -61,7 +61,7 @@ def find_split_files(records: str, split: str) -> list[str]:
     elif Path(records).is_file():
         files = [records]
     elif Path(records).is_dir():
-        from od.io.shards import shard_pattern
+        from od.io.schema import shard_pattern
 
         files = sorted(glob.glob(os.path.join(records, shard_pattern(split))))
         if not files:

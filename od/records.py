@@ -26,9 +26,9 @@ from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, format_table, 
 from od.data.layout import Layout, UsageError, detect_layout
 from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
-from od.data.output import REPORT_FILE, OutputError, commit, discard, locked, survey, temp_name
+from od.data.output import OutputError, commit, discard, locked, survey, temp_name
 from od.data.shards import WorkerError, run_tasks
-from od.io.shards import SPLITS
+from od.io.schema import REPORT_FILE, SPLITS, dumps
 
 DEFAULT_OUT = "data/records"
 DEFAULT_LABEL_MAP = "label_maps/label_map.pbtxt"
@@ -287,7 +287,7 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
                 raise OSError(f"{t.tmp_path} holds {got} records, expected {want}")
         report_tmp = temp_name(out / REPORT_FILE)
         temps.append(report_tmp)
-        _write_bytes(report_tmp, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        _write_bytes(report_tmp, dumps(report).encode("utf-8"))
         pairs = [(t.tmp_path, t.final_path) for t in tasks] + [(report_tmp, str(out / REPORT_FILE))]
         if plan.label_map_bytes is not None:
             target = Path(os.path.realpath(lm_path))  # a linked label map is updated at its target

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from od.io.shards import SHARD_RE, TMP_RE
+from od.io.schema import REPORT_FILE, SHARD_RE, TMP_RE, SchemaError, read_report, report_shards
 
 LOCK_FILE = ".od.lock"
-REPORT_FILE = "report.json"
 
 
 class OutputError(Exception):
@@ -100,13 +99,10 @@ def survey(out: Path) -> Existing:
     ex = Existing()
     if not out.is_dir():
         return ex
-    listed: set[str] = set()
-    try:
-        report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
-        for sp in report.get("splits", {}).values():
-            listed.update(f for f in sp.get("files", []) if isinstance(f, str))
-    except (OSError, ValueError, AttributeError):
-        pass
+    try:  # no manifest, or one od cannot read: nothing in ``out`` counts as od's
+        listed = report_shards(read_report(out / REPORT_FILE)) if (out / REPORT_FILE).exists() else set()
+    except SchemaError:
+        listed = set()
     for f in sorted(os.listdir(out)):
         if TMP_RE.match(f):
             ex.stale_temps.append(f)

@@ -17,7 +17,7 @@ from od.data.splits import _split_of_digest, hash_split
 from od.data.voc import parse_voc
 from od.data.walk import Roots, walk_xml
 from od.io.files import shown
-from od.io.shards import SPLITS, shard_name
+from od.io.schema import SPLITS, shard_name
 
 TARGET_SHARD_BYTES = 150 * 1024 * 1024  # OD API / TF guidance: 100-200 MB per shard
 # A split of n * MIN_SHARD_BYTES gets at least min(n, PARALLEL_SHARDS) shards, so that that many

@@ -6,9 +6,7 @@ from collections import Counter
 from typing import Sequence
 
 from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Problem
-from od.io.shards import SPLITS
-
-REPORT_VERSION = 1
+from od.io.schema import REPORT_VERSION, SPLITS, classes_list
 
 
 def build_report(
@@ -68,7 +66,7 @@ def build_report(
         "version": REPORT_VERSION,
         "data_dir": data_dir,
         "label_map": label_map_path,
-        "classes": [{"id": i, "name": n} for i, n in lm.items],
+        "classes": classes_list(lm.items),
         "num_classes": lm.num_classes,
         "splits": splits,
         "problems": [p.to_dict() for p in problems],

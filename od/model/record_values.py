@@ -15,17 +15,19 @@ from od.model.model_dir import LABEL_MAP_FILE
 
 def read_report(records_dir: str) -> dict | None:
     """The records' report.json, or None when the records were written by another tool."""
-    path = paths.join(records_dir, "report.json")
+    from od.io.schema import REPORT_FILE, SchemaError, parse_report, read_report as read_local
+
+    path = paths.join(records_dir, REPORT_FILE)
     if not paths.exists(path):
         return None
     try:
-        return json.loads(paths.read_text(path))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable report ({e}); re-run `python -m od.records`") from e
+        return parse_report(paths.read_text(path), path) if paths.is_remote(path) else read_local(path)
+    except SchemaError as e:
+        raise ConfigError(str(e)) from None
 
 
 def split_glob(records_dir: str, split: str) -> str:
-    from od.io.shards import shard_pattern
+    from od.io.schema import shard_pattern
 
     return paths.join(records_dir, shard_pattern(split))
 
