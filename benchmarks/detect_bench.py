@@ -69,7 +69,8 @@ def build_model(work: Path) -> Path:
 
 def find_model(arg: str | None, build: bool, work: Path) -> Path:
     sys.path.insert(0, str(REPO))
-    from od.detect import ModelError, list_exports, resolve_model
+    from od.model.errors import ModelError
+    from od.model.source import list_exports, resolve_model
 
     if arg:
         try:
@@ -168,7 +169,10 @@ def main(argv=None) -> int:
         import numpy as np
         import tensorflow as tf
 
-        from od.detect import Detector, OutputWriter, collect_inputs, resolve_labels, resolve_model, run
+        from od.data.inputs import collect_inputs
+        from od.detect import OutputWriter, run
+        from od.model.inference import Detector
+        from od.model.source import resolve_labels, resolve_model
         from od.data.images import open_image_rgb
 
         source = resolve_model(str(model))

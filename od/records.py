@@ -16,7 +16,6 @@ one writer at a time, only od's own files replaced, all renames or none.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict

@@ -20,10 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
-
-# Keys in the model config that may change between runs in one model dir (everything else must match).
-EXTENDABLE = ("trainer.train_steps",)
-
+from od.model import paths
 
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; carries the step so the message can name it."""
@@ -119,35 +116,6 @@ def pick_strategy(params, tpu: str | None, mixed_precision: bool):
 
 # --------------------------------------------------------------------------- model dir
 
-def _join(d: str, name: str) -> str:
-    return f"{d.rstrip('/')}/{name}" if "://" in d else os.path.join(d, name)
-
-
-def write_text(path: str, text: str) -> None:
-    """Atomic locally, gfile for gs:// (a bucket object appears whole anyway)."""
-    if "://" in path:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text)
-    else:
-        from od.io.files import atomic_write_text
-
-        atomic_write_text(path, text)
-
-
-def latest_step(model_dir: str) -> int:
-    import tensorflow as tf
-
-    ckpt = tf.train.latest_checkpoint(model_dir)
-    if not ckpt:
-        return 0
-    try:
-        return int(ckpt.rsplit("-", 1)[-1])
-    except ValueError:
-        return 0
-
-
 def check_model_dir(model_dir: str, params, header: dict) -> dict | None:
     """The previous run's (params, header) when resuming; error when the dir holds another config."""
     import tensorflow as tf
@@ -156,7 +124,7 @@ def check_model_dir(model_dir: str, params, header: dict) -> dict | None:
     from od.model.errors import ConfigError
     from od.model.model_dir import HEADER_FILE, load_model_dir
 
-    hpath = _join(model_dir, HEADER_FILE)
+    hpath = paths.join(model_dir, HEADER_FILE)
     if not tf.io.gfile.exists(hpath):
         if tf.train.latest_checkpoint(model_dir):
             raise ConfigError(
@@ -202,7 +170,6 @@ def check_record_labels(params, num_classes: int, report: dict | None) -> None:
         return
     import tensorflow as tf
 
-    from od.model import paths
     from od.model.errors import ConfigError
 
     files = paths.glob(str(params.task.train_data.input_path)) + paths.glob(
@@ -334,7 +301,7 @@ def _quiet_logs() -> None:
 def run(args) -> int:
     _quiet_logs()
     from od.model.errors import ConfigError
-    from od.model.model_dir import HEADER_FILE, LABEL_MAP_FILE, PIPELINE_FILE, config_yaml, header_yaml
+    from od.model.model_dir import HEADER_FILE, LABEL_MAP_FILE, PIPELINE_FILE, config_yaml, header_yaml, latest_step
     from od.model.render import render
 
     name = Path(args.config).stem
@@ -404,11 +371,11 @@ def run(args) -> int:
         return EXIT_OK
 
     tf.io.gfile.makedirs(model_dir)
-    write_text(_join(model_dir, PIPELINE_FILE), config_yaml(params))
-    write_text(_join(model_dir, HEADER_FILE), header_yaml(header))
+    paths.write_text(paths.join(model_dir, PIPELINE_FILE), config_yaml(params))
+    paths.write_text(paths.join(model_dir, HEADER_FILE), header_yaml(header))
     from od.io.label_map import format_label_map
 
-    write_text(_join(model_dir, LABEL_MAP_FILE), format_label_map(r.label_map))
+    paths.write_text(paths.join(model_dir, LABEL_MAP_FILE), format_label_map(r.label_map))
 
     from official.core import task_factory, train_lib
     from official.modeling import performance
@@ -467,7 +434,7 @@ def run(args) -> int:
     except NonFiniteLoss as e:
         progress.close()
         error(f"{e}. Training stopped; the last good checkpoint is kept in {model_dir}. Check the data "
-              f"report ({_join(args.records, 'report.json')}, `python -m od.inspect`) for bad boxes, "
+              f"report ({paths.join(args.records, 'report.json')}, `python -m od.inspect`) for bad boxes, "
               "then lower the learning rate (--set trainer.optimizer_config.learning_rate...) and re-run.")
         return EXIT_FAILURES
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from od import detect
+from od.model.inference import load_detector
 from od.viz.draw import color_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -499,7 +500,7 @@ def test_save_crops(tmp_path, model):
 def test_detector_matches_signature(export_root):
     import tensorflow as tf
 
-    det = detect.load_detector(str(export_root / "exported" / "tiny"))
+    det = load_detector(str(export_root / "exported" / "tiny"))
     arr = np.zeros((H, W, 3), np.uint8)
     dets = det.detect(arr, threshold=0.0)
     assert [(d.class_name, round(d.score, 2)) for d in dets] == [("cat", 0.9), ("dog", 0.7), ("bird", 0.6), ("cat", 0.3)]

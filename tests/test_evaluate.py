@@ -20,6 +20,7 @@ from od.metrics.boxes import ImageGroundTruth, ImagePredictions, iou_matrix
 from od.metrics.confusion import confusion_matrix
 from od.metrics.detection import compute_metrics, public_metrics
 from od.metrics.voc import voc_ap
+from od.io.schema import write_model_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -307,7 +308,10 @@ def _fake_export(export_dir: Path):
     (export_dir / "label_map.pbtxt").write_text(
         "".join(f"item {{\n  id: {i}\n  name: '{n}'\n}}\n" for i, n in CLASSES.items())
     )
-    (export_dir / "model.json").write_text(json.dumps({"checkpoint": {"path": "x/ckpt-7", "kind": "path", "step": 7}}))
+    write_model_json(export_dir / "model.json", {
+        "classes": [{"id": i, "name": n} for i, n in CLASSES.items()],
+        "checkpoint": {"path": "x/ckpt-7", "kind": "path", "step": 7},
+    })
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +376,7 @@ def test_cli_bad_input_is_a_usage_error(fake_export, tmp_path, capsys):
 
     assert main([]) == 2
     rc = main(["--exported", str(fake_export / "exported" / "missing"), "--records", str(fake_export / "records")])
-    assert rc == 2 and "no such export" in capsys.readouterr().err
+    assert rc == 2 and "missing not found" in capsys.readouterr().err
     rc = main(["--exported", str(fake_export / "exported" / "fake"), "--records", str(fake_export / "records"),
                "--split", "test", "--out", str(tmp_path)])
     err = capsys.readouterr().err

@@ -22,6 +22,10 @@ import yaml
 from PIL import Image
 
 from od import export as odx
+from od.model.errors import ConfigError
+from od.model.model_dir import choose_checkpoint
+from od.model.serving import OUTPUT_KEYS
+from od.model.tflite import PAD_RGB, tflite_canvas
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("circle", "square", "star", "triangle")
@@ -116,7 +120,7 @@ def make_model_dir(root: Path, kind: str = "frcnn", *, best: bool = True, metric
     write_label_map(root / "label_map.pbtxt", LabelMap.from_names(NAMES))
     if metrics:
         (root / "eval").mkdir(exist_ok=True)
-        (root / "eval" / "metrics.json").write_text(json.dumps({"AP": 0.25, "AP50": 0.5, "step": 30}))
+        (root / "eval" / "metrics.json").write_text(json.dumps({"version": 1, "AP": 0.25, "AP50": 0.5, "step": 30}))
     return root
 
 
@@ -203,8 +207,8 @@ def test_refuses_to_overwrite_without_force(frcnn_dir, tmp_path, capsys):
 
 
 def test_bad_checkpoint_argument(frcnn_dir, tmp_path):
-    with pytest.raises(odx.ExportError, match="no such checkpoint"):
-        odx.resolve_checkpoint(frcnn_dir, str(frcnn_dir / "ckpt-999"))
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        choose_checkpoint(frcnn_dir, str(frcnn_dir / "ckpt-999"))
 
 
 def test_best_falls_back_to_latest_with_note(tmp_path, frcnn_dir, capsys):
@@ -212,10 +216,10 @@ def test_best_falls_back_to_latest_with_note(tmp_path, frcnn_dir, capsys):
 
     d = tmp_path / "nobest"
     shutil.copytree(frcnn_dir, d, ignore=shutil.ignore_patterns("best_ckpt"))
-    c = odx.resolve_checkpoint(d, "best")
+    c = choose_checkpoint(d, "best")
     assert c.kind == "latest" and c.step == 40 and c.path.endswith("ckpt-40")
     assert "no best checkpoint" in capsys.readouterr().err
-    best = odx.resolve_checkpoint(frcnn_dir, "best")
+    best = choose_checkpoint(frcnn_dir, "best")
     assert best.kind == "best" and best.step == 30
 
 
@@ -273,7 +277,7 @@ def test_signatures_inputs_outputs(frcnn_saved, frcnn_export):
         else:
             assert spec.dtype == tf.string and spec.shape.as_list() == [None]
         outs = sig.structured_outputs
-        assert set(outs) == set(odx.OUTPUT_KEYS)
+        assert set(outs) == set(OUTPUT_KEYS)
         assert all(v.dtype == tf.float32 for v in outs.values())
 
     img = _image(120, 200)
@@ -377,21 +381,13 @@ def test_export_agrees_with_checkpoint_on_original_image_frame(frcnn_saved, frcn
     np.testing.assert_allclose(got["detection_scores"][0, :top], want["detection_scores"][:top], atol=1e-4)
 
 
-def test_raw_to_original_normalized_matches_manual():
-    boxes = np.array([[[10.0, 20.0, 100.0, 200.0]]])
-    info = np.array([[[150.0, 400.0], [96.0, 256.0], [0.64, 0.64], [0.0, 0.0]]])
-    got = odx.raw_to_original_normalized(boxes, info)
-    want = np.array([10 / 0.64 / 150, 20 / 0.64 / 400, min(1.0, 100 / 0.64 / 150), 200 / 0.64 / 400])
-    np.testing.assert_allclose(got[0, 0], want, rtol=1e-6)
-
-
 def test_tflite_canvas_letterbox():
     img = np.full((100, 200, 3), 7, np.uint8)
-    canvas, scale = odx.tflite_canvas(img, (256, 256), (256, 256))
+    canvas, scale = tflite_canvas(img, (256, 256), (256, 256))
     assert canvas.shape == (256, 256, 3) and canvas.dtype == np.uint8
     assert scale == pytest.approx(1.28)
     assert np.all(canvas[:128, :256] == 7)
-    assert np.all(canvas[128:, :] == odx.PAD_RGB)
+    assert np.all(canvas[128:, :] == PAD_RGB)
 
 
 # --------------------------------------------------------------------------- TFLite (slow)
@@ -479,7 +475,7 @@ def test_tflite_float16_and_int8_from_records(retina_dir, tmp_path):
         info = odx.export_model(retina_dir, out, tflite=mode, calibration_records=str(recs), calibration_images=4)
         assert info["tflite"]["mode"] == mode
         run = _interpreter(out / "model.tflite")
-        canvas, _ = odx.tflite_canvas(_image(180, 240, seed=3), info["input_size"], info["padded_input_size"])
+        canvas, _ = tflite_canvas(_image(180, 240, seed=3), info["input_size"], info["padded_input_size"])
         res = run(input_tensor=canvas[None])
         n = info["max_detections"]
         assert res["detection_boxes"].shape == (1, n, 4)

@@ -10,7 +10,6 @@ renames happen together at the end, rolled back if any of them fails.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -158,10 +158,10 @@ def parse_report(text: str, where: str) -> dict:
     for name, sp in splits.items():
         if name not in SPLITS or not isinstance(sp, dict):
             raise SchemaError(f"{where}: unknown split {name!r} in 'splits'; {_REPORT_FIX}")
-        files = _expect(sp, "files", list, f"{where}: splits.{name}", _REPORT_FIX)
+        files = _expect(sp, "files", list, f"{where}: splits.{name}", _REPORT_FIX, optional=True) or []
         if not all(isinstance(f, str) and SHARD_RE.match(f) for f in files):
             raise SchemaError(f"{where}: splits.{name}.files must be shard names like {shard_name(name, 0, 1)}; {_REPORT_FIX}")
-        _expect(sp, "num_images", int, f"{where}: splits.{name}", _REPORT_FIX)
+        _expect(sp, "num_images", int, f"{where}: splits.{name}", _REPORT_FIX, optional=True)
     _expect(data, "label_map", str, where, _REPORT_FIX, optional=True)
     if "classes" in data:
         parse_classes(data["classes"], where)

@@ -35,7 +35,7 @@ def iter_file_records(path: str | os.PathLike) -> Iterator[bytes]:
     the damage were yielded; anything but a regular file raises NotRegularFileError at once.
     """
     path = os.fspath(path)
-    with open_regular(path) as f:
+    with _open(path) as f:
         index = 0
         while header := f.read(12):
             where = f"{path}: record {index}"
@@ -52,6 +52,27 @@ def iter_file_records(path: str | os.PathLike) -> Iterator[bytes]:
                 raise TFRecordError(f"{where}: corrupt record data (checksum mismatch)")
             yield data
             index += 1
+
+
+def _open(path: str):
+    """Local files: regular files only (never blocks); ``gs://`` and other URLs through TensorFlow's gfile."""
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, "rb")
+    return open_regular(path)
+
+
+def count_records(paths: Iterable[str | os.PathLike]) -> int:
+    """Records in the files, counting up to the first damaged byte of a damaged file."""
+    n = 0
+    for p in paths:
+        try:
+            for _ in iter_file_records(p):
+                n += 1
+        except TFRecordError:
+            continue
+    return n
 
 
 def iter_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[bytes]:

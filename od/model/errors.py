@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A problem with a template, an override or the records it points at (message says what to do)."""
+
+
+class ModelError(ConfigError):
+    """The model cannot be found or used; the message says what exists and what to do."""

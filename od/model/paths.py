@@ -1,4 +1,4 @@
-"""Local or gs:// paths: join, read, exists, glob, size (TensorFlow's gfile only for remote ones, imported then)."""
+"""Local or gs:// paths: join, read, write, exists, glob, size (TensorFlow's gfile only for remote ones, imported then)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,16 @@ def size(path: str) -> int:
 
         return tf.io.gfile.stat(path).length
     return os.path.getsize(path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic locally, gfile for gs:// (a bucket object appears whole anyway)."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+    else:
+        from od.io.files import atomic_write_text
+
+        atomic_write_text(path, text)

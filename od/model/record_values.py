@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from od.console import note_default
+from od.io.tfrecord import count_records
 from od.model import paths
 from od.model.errors import ConfigError
 from od.model.model_dir import LABEL_MAP_FILE
@@ -82,12 +82,3 @@ def record_values(records_dir: str, report: dict | None, label_map) -> dict[str,
             n = count_records(paths.glob(values[f"{split}_glob"]))
         values[f"num_{split}_examples"] = int(n)
     return values
-
-
-def count_records(files: Sequence[str]) -> int:
-    """Examples in TFRecord files (only used when there is no report.json)."""
-    if not files:
-        return 0
-    import tensorflow as tf
-
-    return sum(1 for _ in tf.data.TFRecordDataset(list(files)))
