@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
 from od.core import Box, Detection
-from od.io.files import atomic_write_text, file_problem, shown
-from od.viz.outputs import COMBINED_JSON, RESERVED_DIRS, OutputWriter, Result
+from od.io.files import file_problem, shown
+from od.viz.outputs import COMBINED_JSON, RESERVED_DIRS, Manifest, OutputError, OutputWriter, Result, check_out_dir
 
 if TYPE_CHECKING:  # imported lazily at run time (numpy/PIL/TF are slow to import)
     import numpy as np
@@ -612,8 +612,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else DEFAULT_OUT
     if not args.out:
         note_default("output folder", f"{out}/")
-    if out.exists() and not out.is_dir():
-        error(f"--out {out} is a file, not a folder")
+    problem = check_out_dir(out)  # before the model loads: a bad --out is said at once
+    if problem:
+        error(problem)
+        return EXIT_USAGE
+    try:
+        manifest = Manifest.load(out, args.force)
+    except OutputError as e:
+        error(str(e))
         return EXIT_USAGE
     try:
         source = resolve_model(args.model)
@@ -653,7 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "classes": sorted(id_to_name.get(i, str(i)) for i in class_ids) if class_ids else None,
         "max_boxes": args.max_boxes,
     }
-    writer = OutputWriter(out, [i.path for i in images], args.save_json, args.save_voc, args.save_crops, args.force, meta)
+    writer = OutputWriter(out, [i.path for i in images], args.save_json, args.save_voc, args.save_crops, args.force, meta,
+                          manifest)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -666,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as e:
         error(str(e))
         return EXIT_USAGE
+    finally:
+        writer.finish()
     elapsed = time.perf_counter() - t1
 
     done = [r for r in results if not r.error]
@@ -673,7 +682,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.save_json:
         combined = {**meta, "images": [writer.record(r) for r in done],
                     "failed": [{"image": shown(r.image.path), "error": r.error} for r in failed]}
-        atomic_write_text(out / f"{COMBINED_JSON}.json", json.dumps(combined, indent=2) + "\n")
+        problem = writer.write_file(out / f"{COMBINED_JSON}.json", (json.dumps(combined, indent=2) + "\n").encode())
+        writer.finish()
+        if problem:
+            error(problem)
+            input_problems.append(problem)
 
     per_class: dict[str, list[int]] = {}
     for r in done:
