@@ -120,7 +120,8 @@ class Manifest:
         rels = [self.rel(p) for p in paths]
         if self._journal is None:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._journal = os.open(self.out / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+            self._journal = os.open(self.out / JOURNAL, flags, 0o666)  # never appends through a link or to a FIFO
             if not stat.S_ISREG(os.fstat(self._journal).st_mode):
                 os.close(self._journal)
                 self._journal = None
