@@ -13,25 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
-from od.core import Box, Detection
+from od.core import Detection
 from od.data.inputs import COMBINED_JSON, InputImage, collect_inputs
-from od.io.files import atomic_write_bytes, atomic_write_text, file_problem, read_file, shown
+from od.io.files import file_problem, shown
 from od.model.errors import ModelError
 from od.model.inference import Detector
 from od.model.source import resolve_labels, resolve_model
-
-if TYPE_CHECKING:  # imported lazily at run time (numpy/PIL/TF are slow to import)
-    from PIL import Image
+from od.viz.outputs import Manifest, OutputError, OutputWriter, Result, check_out_dir
 
 
 DEFAULT_OUT = Path("detections")
@@ -107,141 +103,6 @@ def parse_class_filter(spec: str | None, id_to_name: dict[int, str]) -> set[int]
     return ids
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class Result:
-    """What happened to one image."""
-
-    image: InputImage
-    width: int = 0
-    height: int = 0
-    detections: list[Detection] = field(default_factory=list)
-    annotated: Path | None = None
-    error: str | None = None
-    kept_voc: bool = False
-
-
-class OutputWriter:
-    """Writes everything for one image under ``out``; never writes onto an input file."""
-
-    def __init__(self, out: Path, inputs: Iterable[Path], save_json: bool, save_voc: bool, save_crops: bool,
-                 force: bool, meta: dict):
-        self.out = out
-        self._inputs = {p.resolve() for p in inputs}
-        self.save_json, self.save_voc, self.save_crops, self.force = save_json, save_voc, save_crops, force
-        self.meta = meta
-
-    def _target(self, path: Path) -> Path:
-        """``path`` unless it is one of the inputs (e.g. --out is the input folder): then ``x.od.jpg``."""
-        if path.resolve() in self._inputs:
-            path = path.with_name(f"{path.stem}.od{path.suffix}")
-            if path.resolve() in self._inputs:
-                raise OSError(f"refusing to overwrite input {path}")
-        return path
-
-    def annotated_path(self, item: InputImage) -> Path:
-        suffix = item.path.suffix.lower() if item.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
-        return self._target(self.out / f"{item.key}{suffix}")
-
-    def write(self, item: InputImage, image: "Image.Image", detections: list[Detection]) -> Result:
-        from od.viz.draw import draw_detections
-
-        res = Result(item, image.width, image.height, detections)
-        annotated = draw_detections(image, detections)
-        path = self.annotated_path(item)
-        _save_image(annotated, path)
-        res.annotated = path
-        if self.save_json:
-            atomic_write_text(self._target(self.out / f"{item.key}.json"), json.dumps(self.record(res), indent=2) + "\n")
-        if self.save_crops:
-            self._write_crops(item, image, detections)
-        if self.save_voc:
-            res.kept_voc = not self._write_voc(item, image, detections)
-        return res
-
-    def record(self, res: Result) -> dict:
-        return {
-            "image": shown(res.image.path),
-            "width": res.width,
-            "height": res.height,
-            "annotated": shown(res.annotated) if res.annotated else None,
-            **self.meta,
-            "detections": [d.to_dict() for d in res.detections],
-        }
-
-    def _write_crops(self, item: InputImage, image: "Image.Image", detections: list[Detection]) -> None:
-        for n, d in enumerate(detections, start=1):
-            b = d.box  # float32 model outputs: round, so 79.9999 and 80.0001 both mean pixel edge 80
-            x0, y0 = max(0, round(b.xmin)), max(0, round(b.ymin))
-            x1, y1 = min(image.width, round(b.xmax)), min(image.height, round(b.ymax))
-            if x1 <= x0 or y1 <= y0:
-                continue
-            folder = _safe_name(d.class_name)
-            _save_image(image.crop((x0, y0, x1, y1)), self._target(self.out / "crops" / folder / f"{item.key}_{n}.jpg"))
-
-    def _write_voc(self, item: InputImage, image: "Image.Image", detections: list[Detection]) -> bool:
-        """XML + the exact pixels detected on, side by side in <out>/voc/ (LabelImg and od.records
-        both find the image next to its XML). Returns False when an existing XML was kept.
-        XML holds text only: a name that is not UTF-8 is written as ``\\xNN`` (file names and the
-        <filename> inside alike, so the pair still matches)."""
-        from od.data.voc import write_voc
-
-        key = shown(item.key)
-        xml = self._target(self.out / "voc" / f"{key}.xml")
-        if xml.exists() and not self.force:
-            return False
-        img_path = self._voc_image(item, image, key)
-        boxes = [
-            Box(round(d.box.xmin), round(d.box.ymin), round(d.box.xmax), round(d.box.ymax), name=d.class_name)
-            for d in detections
-            if round(d.box.xmax) > round(d.box.xmin) and round(d.box.ymax) > round(d.box.ymin)
-        ]
-        write_voc(xml, image_path=img_path.resolve(), width=image.width, height=image.height, boxes=boxes,
-                  depth=3, folder=xml.parent.name)
-        return True
-
-    def _voc_image(self, item: InputImage, image: "Image.Image", key: str) -> Path:
-        """Copy the input byte for byte when its pixels are what was detected on (JPEG/PNG with
-        no EXIF rotation); otherwise store the RGB pixels the boxes refer to as JPEG."""
-        import io
-
-        from PIL import Image
-
-        suffix = item.path.suffix.lower()
-        copy_ok = False
-        if suffix in (".jpg", ".jpeg", ".png"):
-            try:
-                data = read_file(item.path)  # regular files only, never blocks; checked and copied as read
-                with Image.open(io.BytesIO(data)) as raw:
-                    copy_ok = raw.size == image.size and raw.getexif().get(0x0112, 1) in (1, None)
-            except Exception:  # noqa: BLE001 - then store the decoded pixels instead
-                copy_ok = False
-        if copy_ok:
-            dest = self._target(self.out / "voc" / f"{key}{suffix}")
-            atomic_write_bytes(dest, data)
-        else:
-            dest = self._target(self.out / "voc" / f"{key}.jpg")
-            _save_image(image, dest, quality=95)
-        return dest
-
-
-def _safe_name(name: str) -> str:
-    cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .") or "class"
-    return cleaned[:100]
-
-
-def _save_image(image: "Image.Image", path: Path, quality: int = 92) -> None:
-    """Encode in memory, then write atomically (a crash never leaves half an image)."""
-    import io
-
-    buf = io.BytesIO()
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        image.save(buf, format="JPEG", quality=quality)
-    else:
-        image.save(buf, format="PNG", compress_level=1)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _summary_line(res: Result) -> str:
@@ -353,8 +214,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else DEFAULT_OUT
     if not args.out:
         note_default("output folder", f"{out}/")
-    if out.exists() and not out.is_dir():
-        error(f"--out {out} is a file, not a folder")
+    problem = check_out_dir(out)  # before the model loads: a bad --out is said at once
+    if problem:
+        error(problem)
+        return EXIT_USAGE
+    try:
+        manifest = Manifest.load(out, args.force)
+    except OutputError as e:
+        error(str(e))
         return EXIT_USAGE
     try:
         source = resolve_model(args.model)
@@ -394,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "classes": sorted(id_to_name.get(i, str(i)) for i in class_ids) if class_ids else None,
         "max_boxes": args.max_boxes,
     }
-    writer = OutputWriter(out, [i.path for i in images], args.save_json, args.save_voc, args.save_crops, args.force, meta)
+    writer = OutputWriter(out, [i.path for i in images], args.save_json, args.save_voc, args.save_crops, args.force, meta,
+                          manifest)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -407,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as e:
         error(str(e))
         return EXIT_USAGE
+    finally:
+        writer.finish()
     elapsed = time.perf_counter() - t1
 
     done = [r for r in results if not r.error]
@@ -414,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.save_json:
         combined = {**meta, "images": [writer.record(r) for r in done],
                     "failed": [{"image": shown(r.image.path), "error": r.error} for r in failed]}
-        atomic_write_text(out / f"{COMBINED_JSON}.json", json.dumps(combined, indent=2) + "\n")
+        problem = writer.write_file(out / f"{COMBINED_JSON}.json", (json.dumps(combined, indent=2) + "\n").encode())
+        writer.finish()
+        if problem:
+            error(problem)
+            input_problems.append(problem)
 
     per_class: dict[str, list[int]] = {}
     for r in done:
