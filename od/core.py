@@ -1,9 +1,9 @@
 """The small things that travel between od's steps.
 
 Defined once here so every step speaks the same language. Boxes are kept in
-*pixels of the stored image* (``xmin, ymin, xmax, ymax``); the OD API's
-normalised ``(ymin, xmin, ymax, xmax)`` order is produced on demand by
-``Box.normalized_yxyx`` so the format is always in the name.
+*pixels of the stored image* (``xmin, ymin, xmax, ymax``); records hold the OD
+API's normalised ``(ymin, xmin, ymax, xmax)``, read back by ``Box.from_normalized_yxyx``
+so the format is always in the name.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 SKIPPED_IMAGE = "skipped_image"
 DROPPED_BOX = "dropped_box"
 FIXED = "fixed"
-ACTIONS = (SKIPPED_IMAGE, DROPPED_BOX, FIXED)
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class Problem:
 
     file: str
     problem: str
-    action: str  # one of ACTIONS
+    action: str  # SKIPPED_IMAGE, DROPPED_BOX or FIXED
 
     def __str__(self) -> str:
         return f"{self.file}: {self.problem} [{self.action}]"
@@ -57,15 +56,6 @@ class Box:
     @property
     def area(self) -> float:
         return max(0.0, self.width) * max(0.0, self.height)
-
-    def normalized_yxyx(self, image_width: int, image_height: int) -> tuple[float, float, float, float]:
-        """OD API order ``(ymin, xmin, ymax, xmax)`` in [0, 1]."""
-        return (
-            self.ymin / image_height,
-            self.xmin / image_width,
-            self.ymax / image_height,
-            self.xmax / image_width,
-        )
 
     @classmethod
     def from_normalized_yxyx(cls, yxyx, image_width: int, image_height: int, **kw) -> "Box":

@@ -25,9 +25,9 @@ from typing import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
 from od.io.files import file_problem, shown
+from od.io.schema import RECORD_SUFFIXES
 from od.viz.gallery import class_name, write_gallery
 
-RECORD_SUFFIXES = (".tfrecord", ".record", ".tfrecords")
 _EPS = 1e-4  # float32 storage of coordinates computed in float64
 
 

@@ -211,9 +211,7 @@ class Progress:
         self.quiet = quiet
         self.bar = None
         self.train_seconds = 0.0
-        self.cpu_seconds = 0.0
         self.c_last = _cpu()
-        self.eval_seconds = 0.0
         if not quiet:
             from tqdm import tqdm
 
@@ -227,7 +225,6 @@ class Progress:
         self.train_seconds += dt
         c = _cpu()
         dc = c - self.c_last
-        self.cpu_seconds += dc
         vals = _scalars(output)
         losses = {k: v for k, v in vals.items() if "loss" in k}
         if any(not math.isfinite(v) for v in losses.values()):

@@ -50,20 +50,13 @@ def tflite_canvas(image: np.ndarray, input_size: Sequence[int], canvas_size: Seq
 
 
 def calibration_files(spec: str) -> list[str]:
-    p = Path(spec)
-    if p.is_dir():
-        files = sorted(str(f) for f in p.glob("train*.tfrecord*")) or sorted(
-            str(f) for f in p.glob("*.tfrecord*")
-        ) or sorted(str(f) for f in p.glob("*.record*"))
-    elif p.is_file():
-        files = [str(p)]
-    else:
-        import glob as _glob
+    """The train shards of a records folder (or a file / glob) for int8 calibration."""
+    from od.io.schema import SchemaError, split_files
 
-        files = sorted(_glob.glob(spec))
-    if not files:
-        raise ConfigError(f"--calibration-records {spec}: no TFRecord files found (expected e.g. data/records/)")
-    return files
+    try:
+        return split_files(spec, "train")
+    except SchemaError as e:
+        raise ConfigError(f"--calibration-records: {e}") from None
 
 
 def iter_calibration_canvases(
