@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 from od.core import SKIPPED_IMAGE, Box, Problem
 from od.data.voc import apply_box_rules
+
+if TYPE_CHECKING:
+    from od.data.plan import Item, ShardTask
 
 
 class Outcome(NamedTuple):

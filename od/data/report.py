@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Problem
 from od.io.schema import REPORT_VERSION, SPLITS, classes_list
+
+if TYPE_CHECKING:
+    from od.data.convert import Outcome
+    from od.data.plan import Plan
 
 
 def build_report(
