@@ -381,6 +381,28 @@ def test_export_agrees_with_checkpoint_on_original_image_frame(frcnn_saved, frcn
     np.testing.assert_allclose(got["detection_scores"][0, :top], want["detection_scores"][:top], atol=1e-4)
 
 
+def test_checkpoint_and_export_detect_the_same_through_od_model_inference(frcnn_export, frcnn_dir):
+    """evaluate's checkpoint path and detect's export path are one code path: same detections."""
+    from od.model.inference import Detector, load_detector
+    from od.model.model_dir import load_model_dir
+
+    info = json.loads((frcnn_export / "model.json").read_text())
+    params, _ = load_model_dir(frcnn_dir)
+    names = dict(enumerate(NAMES, 1))
+    from_ckpt = Detector.from_checkpoint(params, info["checkpoint"]["path"], names)
+    from_export = load_detector(str(frcnn_export))
+    for hw in [(256, 256), (150, 400)]:
+        img = _image(*hw, seed=7)
+        a, b = from_ckpt.raw(img), from_export.raw(img)
+        k = int(np.asarray(a["num_detections"]).reshape(-1)[0])
+        assert k == int(np.asarray(b["num_detections"]).reshape(-1)[0]) and k > 0
+        np.testing.assert_allclose(a["detection_boxes"][:k], b["detection_boxes"][:k], atol=1e-5)
+        np.testing.assert_array_equal(a["detection_classes"][:k], b["detection_classes"][:k])
+        np.testing.assert_allclose(a["detection_scores"][:k], b["detection_scores"][:k], atol=1e-5)
+        dets = from_ckpt.postprocess(a, hw[1], hw[0], threshold=0.0)
+        assert len(dets) == k and all(0 <= d.box.xmax <= hw[1] and 0 <= d.box.ymax <= hw[0] for d in dets)
+
+
 def test_tflite_canvas_letterbox():
     img = np.full((100, 200, 3), 7, np.uint8)
     canvas, scale = tflite_canvas(img, (256, 256), (256, 256))
