@@ -71,9 +71,8 @@ def load_template(name_or_path: str | os.PathLike) -> tuple[dict, dict, Path]:
 
 
 def base_config(name: str):
-    from official.core import exp_factory
-
     import official.vision  # noqa: F401  (registers the vision experiments)
+    from official.core import exp_factory
 
     try:
         return exp_factory.get_exp_config(name)
