@@ -1,4 +1,5 @@
-"""Config templates in ``pipeline_configs/``: find one by name or path, load its od header, get its base experiment.
+"""Config templates shipped as package data in ``od/pipeline_configs/``: find one by name or path, load its
+od header, get its base experiment.
 
 A template is YAML with two parts: ``od:`` (od's header: base experiment, pretrained checkpoint
 name, ...) and ``experiment:`` (overrides merged over Model Garden's registered experiment).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -19,11 +21,8 @@ HEADER_KEYS = ("base_experiment", "pretrained_checkpoint", "init_checkpoint_modu
 
 
 def templates_dir() -> Path:
-    """``pipeline_configs/`` of the checkout (or of the current directory when installed)."""
-    here = Path(__file__).resolve().parents[2] / "pipeline_configs"
-    if here.is_dir():
-        return here
-    return Path.cwd() / "pipeline_configs"
+    """The shipped templates, found through the package (wheel, editable install or checkout alike), not the cwd."""
+    return Path(str(resources.files("od") / "pipeline_configs"))
 
 
 def available_templates() -> list[str]:
@@ -32,7 +31,7 @@ def available_templates() -> list[str]:
 
 
 def find_template(name_or_path: str | os.PathLike) -> Path:
-    """A template name from ``pipeline_configs/`` or a path to a YAML file."""
+    """A path to a YAML file, or the name of a shipped template."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -44,8 +43,8 @@ def find_template(name_or_path: str | os.PathLike) -> Path:
     close = difflib.get_close_matches(str(name_or_path), names, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
-        f"template {str(name_or_path)!r} not found (not a file, not in {templates_dir()}){hint} "
-        f"Available: {', '.join(names) or 'none'}"
+        f"template {str(name_or_path)!r} not found (not a file, not a shipped template){hint} "
+        f"Shipped templates: {', '.join(names) or 'none'}"
     )
 
 
@@ -72,9 +71,8 @@ def load_template(name_or_path: str | os.PathLike) -> tuple[dict, dict, Path]:
 
 
 def base_config(name: str):
-    from official.core import exp_factory
-
     import official.vision  # noqa: F401  (registers the vision experiments)
+    from official.core import exp_factory
 
     try:
         return exp_factory.get_exp_config(name)
