@@ -2,9 +2,11 @@
 
 Model Garden publishes ImageNet backbones and a few COCO detectors; od names them so a template can
 say ``pretrained_checkpoint: resnet50_imagenet``. Files are fetched over HTTPS into ``~/.cache/od``
-(``OD_CACHE``), checked against a sha256, and archives are unpacked so that no member can land
-outside the cache or link out of it. Offline, the error says exactly which URL to fetch and where
-to put it.
+(``OD_CACHE``) under a ``.part`` name, kept only when the whole body arrived (``Content-Length``
+bytes or a complete chunked body; one retry, resumed with HTTP Range where the server allows),
+then checked against a sha256. Archives may hold only plain files and folders (no links, no
+absolute or '..' paths), and od never writes through a link in the cache. Any network or archive
+failure is one error line saying which URL to fetch by hand and the exact path to put it at.
 
 Checksums: where the registry has no published sha256 (Model Garden publishes none), the hash of
 the first download is recorded in ``<cache>/<name>/SHA256SUMS`` and every later use is verified
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error
 from od.model.checkpoints import REGISTRY, CheckpointError, cache_dir, resolve

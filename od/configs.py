@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from od.console import EXIT_OK, EXIT_USAGE, error
 from od.io.files import atomic_write_text
@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="write the complete resolved Model Garden experiment config")
     r.add_argument("template", help="name in pipeline_configs/ (e.g. faster_rcnn_resnet18_fpn_cpu) or a YAML path")
     r.add_argument("--records", default="data/records", help="folder with the shards and report.json")
-    r.add_argument("--label-map", default=None, help="label_map.pbtxt (default: the one report.json names)")
+    r.add_argument("--label-map", default=None,
+                   help="label_map.pbtxt (default: the one report.json names if it lies inside --records, else "
+                        "the classes report.json lists; no file outside --records is opened unless named here)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted Model Garden key, YAML value: task.model.input_size=[512,512,3]")
     r.add_argument("--out", default=None, help="write here instead of stdout")

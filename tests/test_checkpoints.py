@@ -10,12 +10,12 @@ import socket
 import tarfile
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from od.model import checkpoints as ck
 from od.model.finetune import restore_for_finetune
-
 
 # --------------------------------------------------------------------------- a real local server
 
@@ -24,8 +24,8 @@ def server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1 (bounded: daemon thread, shut down after the test)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a, **k: None})
+    handler = functools.partial(quiet, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.timeout = 5
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -140,7 +140,7 @@ def _link(name, target, kind=tarfile.SYMTYPE):
     [_link("evil", "/etc/passwd")],
     [_link("evil", "../../escape.txt")],
     [_file("inner.txt"), _link("hard", "../escape.txt", tarfile.LNKTYPE)],
-    [(lambda i: (setattr(i, "type", tarfile.CHRTYPE), (i, None))[1])(tarfile.TarInfo("dev"))],
+    [_link("dev", "", tarfile.CHRTYPE)],
 ])
 def test_malicious_archives_are_refused_and_nothing_written(tmp_path, bad):
     arc = _tar(tmp_path / "evil.tar.gz", [_file("model/ckpt-1.index", b"i")] + bad)
@@ -153,12 +153,150 @@ def test_malicious_archives_are_refused_and_nothing_written(tmp_path, bad):
     assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == []  # temp dir cleaned up
 
 
-def test_good_archive_with_internal_link_extracts(tmp_path):
-    arc = _tar(tmp_path / "ok.tar.gz", [_file("m/ckpt-5.index", b"i"), _file("m/ckpt-5.data-00000-of-00001", b"d"),
-                                        _link("m/latest.index", "ckpt-5.index")])
+@pytest.mark.parametrize("link", [_link("m/latest.index", "ckpt-5.index"),
+                                  _link("m/latest.index", "m/ckpt-5.index", tarfile.LNKTYPE)])
+def test_links_inside_the_archive_are_refused_too(tmp_path, link):
+    """Even a link that points inside: a later member could be written through it."""
+    arc = _tar(tmp_path / "ok.tar.gz", [_file("m/ckpt-5.index", b"i"), link])
+    with pytest.raises(ck.CheckpointError, match="'m/latest.index' is a (symbolic|hard) link.*refusing"):
+        ck.safe_extract(arc, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.tar.gz"]
+
+
+def test_good_archive_extracts(tmp_path):
+    arc = _tar(tmp_path / "ok.tar.gz", [_file("m/ckpt-5.index", b"i"), _file("m/ckpt-5.data-00000-of-00001", b"d")])
     out = ck.safe_extract(arc, tmp_path / "out")
     assert (out / "m" / "ckpt-5.index").read_bytes() == b"i"
-    assert (out / "m" / "latest.index").resolve() == (out / "m" / "ckpt-5.index").resolve()
+
+
+def test_chained_links_cannot_make_od_write_outside_the_cache(tmp_path, server, cache, monkeypatch, capsys):
+    """Each link looks inside when it is checked; together they lead out (stamp -> l/victim, l -> m/x/x/x/../../..,
+    m -> ., x -> .). The old code wrote its stamp file through them, onto tmp_path/victim."""
+    from od import checkpoints as cli
+
+    root, base = server
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    _tar(root / "chain.tar.gz", [_link(ck.STAMP_FILE, "l/victim"), _link("l", "m/x/x/x/../../.."),
+                                 _link("m", "."), _link("x", "."), _file("ckpt-1.index", b"i")])
+    monkeypatch.setitem(ck.REGISTRY, "chain", _spec("chain", base, [("chain.tar.gz", None)]))
+    rc = cli.main(["fetch", "chain"])
+    assert victim.read_bytes() == b"precious"
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("od: error: ")
+    assert str(cache / "chain" / "chain.tar.gz") in err[0] and repr(ck.STAMP_FILE) in err[0]
+    assert not (cache / "chain" / "extracted").exists()
+    assert "chain.tar.gz" not in (cache / "chain" / ck.SUMS_FILE).read_text()  # a refused archive is not trusted
+
+
+def test_a_planted_link_in_the_cache_is_never_written_through(tmp_path, server, cache):
+    """A cache folder an older od extracted may hold a link; od refuses to write below it."""
+    root, base = server
+    (root / "w.bin").write_bytes(b"w")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    cache.mkdir()
+    (cache / "planted").symlink_to(outside)
+    with pytest.raises(ck.CheckpointError, match="symbolic link inside the checkpoint cache"):
+        ck.fetch(_spec("planted", base, [("w.bin", None)]), progress=False)
+    assert list(outside.iterdir()) == []
+
+
+def test_truncated_archive_is_one_error_naming_url_and_path(tmp_path, server, cache, monkeypatch, capsys):
+    from od import checkpoints as cli
+
+    root, base = server
+    good = _tar(tmp_path / "g.tar.gz", [_file("ckpt-1.index", b"i" * 5000)]).read_bytes()
+    (root / "cut.tar.gz").write_bytes(good[: len(good) // 2])
+    monkeypatch.setitem(ck.REGISTRY, "cuttar", _spec("cuttar", base, [("cut.tar.gz", None)]))
+    assert cli.main(["fetch", "cuttar"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a readable tar archive" in err[0]
+    assert f"{base}/cut.tar.gz -> {cache / 'cuttar' / 'cut.tar.gz'}" in err[0]
+
+
+# --------------------------------------------------------------------------- short and resumed downloads
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Serves DATA; ``mode`` says how: cut (Content-Length N, closes after N/2), chunked-cut, resume
+    (first request cut, a Range request answered 206). ``seen`` logs each request's Range header."""
+
+    protocol_version = "HTTP/1.1"
+    data = b""
+    mode = "cut"
+    seen: ClassVar[list] = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        cls = type(self)
+        rng = self.headers.get("Range")
+        cls.seen.append(rng)
+        self.close_connection = True
+        n = len(cls.data)
+        if cls.mode == "resume" and rng:
+            start = int(rng.split("=")[1].rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{n - 1}/{n}")
+            self.send_header("Content-Length", str(n - start))
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            self.wfile.write(cls.data[start:])
+            return
+        self.send_response(200)
+        self.send_header("ETag", '"v1"')
+        if cls.mode == "chunked-cut":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n" % n + cls.data[: n // 2])
+            return
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        self.wfile.write(cls.data[: n // 2])
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    monkeypatch.setattr(ck, "DOWNLOAD_TIMEOUT_S", 10)
+    handler = type("Flaky", (_Flaky,), {"seen": [], "data": bytes(range(256)) * 400})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join(timeout=5)
+
+
+@pytest.mark.parametrize("mode", ["cut", "chunked-cut"])
+def test_cut_download_is_retried_once_then_refused_and_never_trusted(flaky, cache, monkeypatch, capsys, mode):
+    from od import checkpoints as cli
+
+    handler, base = flaky
+    handler.mode = mode
+    monkeypatch.setitem(ck.REGISTRY, "cut", _spec("cut", base, [("w.bin", None)]))
+    assert cli.main(["fetch", "cut"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("od: error: "), err
+    assert f"{base}/w.bin -> {cache / 'cut' / 'w.bin'}" in err[0]
+    assert len(handler.seen) == 2  # one retry
+    d = cache / "cut"
+    assert not (d / "w.bin").exists() and not list(d.glob("*.part"))
+    assert not (d / ck.SUMS_FILE).exists() or "w.bin" not in (d / ck.SUMS_FILE).read_text()
+
+
+def test_cut_download_is_resumed_with_range_and_verified(flaky, cache):
+    handler, base = flaky
+    handler.mode = "resume"
+    data = handler.data
+    d = ck.fetch(_spec("resume", base, [("w.bin", hashlib.sha256(data).hexdigest())]), progress=False)
+    assert (d / "w.bin").read_bytes() == data
+    assert handler.seen == [None, f"bytes={len(data) // 2}-"]
+    assert not list(d.glob("*.part"))
 
 
 # --------------------------------------------------------------------------- restore (tiny models)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,13 @@ import yaml
 
 from od import configs
 from od.model.errors import ConfigError
-from od.model.model_dir import HEADER_FILE, PIPELINE_FILE, config_yaml, header_yaml, load_model_dir
+from od.model.model_dir import (
+    HEADER_FILE,
+    PIPELINE_FILE,
+    config_yaml,
+    header_yaml,
+    load_model_dir,
+)
 from od.model.render import render
 from od.model.templates import available_templates, templates_dir
 
@@ -24,7 +33,7 @@ def _records(tmp_path: Path, classes=("circle", "square", "triangle"), n_train=1
     (d / "train-00000-of-00002.tfrecord").write_bytes(b"x")
     (d / "train-00001-of-00002.tfrecord").write_bytes(b"x")
     (d / "val-00000-of-00001.tfrecord").write_bytes(b"x")
-    lm = tmp_path / "label_map.pbtxt"
+    lm = d / "label_map.pbtxt"
     lm.write_text("".join(f"item {{\n  id: {i}\n  name: '{c}'\n}}\n" for i, c in enumerate(classes, 1)))
     report = {"version": 1, "data_dir": str(tmp_path / "data"), "label_map": str(lm),
               "classes": [{"id": i, "name": c} for i, c in enumerate(classes, 1)], "num_classes": len(classes),
@@ -152,3 +161,95 @@ def test_load_model_dir_round_trip(tmp_path):
     assert header["template"] == CPU and header["classes"] == r.header["classes"]
     with pytest.raises(ConfigError, match="not an od model dir"):
         load_model_dir(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- where the label map may come from
+
+def _report_names(rec: Path, label_map: str) -> None:
+    report = json.loads((rec / "report.json").read_text())
+    report["label_map"] = label_map
+    (rec / "report.json").write_text(json.dumps(report))
+
+
+@pytest.mark.parametrize("named", ["/etc/passwd", "../outside.pbtxt", "link.pbtxt"])
+def test_label_map_report_names_outside_the_records_is_never_opened(tmp_path, monkeypatch, capsys, named):
+    """The classes report.json lists are used instead; the file outside is read only when passed."""
+    rec = _records(tmp_path)
+    five = "".join(f"item {{\n  id: {i}\n  name: 'c{i}'\n}}\n" for i in range(1, 6))
+    (tmp_path / "outside.pbtxt").write_text(five)  # not the records' 3 classes: reading it would show
+    (rec / "label_map.pbtxt").unlink()
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    (rec / "link.pbtxt").symlink_to(tmp_path / "outside.pbtxt")
+    _report_names(rec, named)
+    out = tmp_path / "p.yaml"
+
+    def num_classes() -> int:
+        return yaml.safe_load(out.read_text())["task"]["model"]["num_classes"]
+
+    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "outside the records folder" in err and "--label-map PATH" in err
+    assert num_classes() == 4  # the report's 3 classes + background
+    # A report without its classes: one error line, nothing read.
+    report = json.loads((rec / "report.json").read_text())
+    del report["classes"]
+    (rec / "report.json").write_text(json.dumps(report))
+    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("od: error: ")
+    assert named in err[0] and "outside the records folder" in err[0] and "--label-map PATH" in err[0]
+    # The same file is fine when the user passes it.
+    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out), "--force",
+                         "--label-map", str(tmp_path / "outside.pbtxt")]) == 0
+    assert num_classes() == 6
+
+
+def test_label_map_in_records_is_used_not_a_path_outside(tmp_path, capsys):
+    """Also: a report field od does not need (data_dir, once used to look for label maps) cannot crash it."""
+    rec = _records(tmp_path)
+    _report_names(rec, "/etc/passwd")
+    report = json.loads((rec / "report.json").read_text())
+    (rec / "report.json").write_text(json.dumps({**report, "data_dir": 5}))
+    r = render(CPU, str(rec))
+    assert r.label_map_path == str(rec / "label_map.pbtxt") and r.label_map.num_classes == 3
+    assert "/etc/passwd" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report", [
+    "not json {",
+    "[1, 2]",
+    '{"splits": []}',
+    '{"splits": {"train": {"files": [], "num_images": "3"}}}',
+    '{"splits": {}, "label_map": 5}',
+    '{"splits": {"val": {"files": [], "num_images": 1}}, "classes": [{"id": "1", "name": "a"}]}',
+])
+def test_malformed_report_is_one_error_and_exit_2(tmp_path, report):
+    rec = _records(tmp_path)
+    (rec / "report.json").write_text(report)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-m", "od.configs", "render", CPU, "--records", str(rec)],
+                       capture_output=True, text=True, env=env, timeout=300, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert [x for x in lines if not x.startswith("od: using default")] == [lines[-1]]
+    assert lines[-1].startswith("od: error: ") and "Traceback" not in p.stderr
+
+
+def test_default_workflow_records_then_render_without_label_map(tmp_path, monkeypatch, capsys):
+    """`make records` (default --label-map label_maps/label_map.pbtxt, outside the records) then
+    `od.configs render --records data/records`: report.json names it relative to the current folder."""
+    from hostile import goods
+
+    from od import records
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds").mkdir()
+    goods(tmp_path / "ds", n=6, cls="cat")
+    assert records.main(["ds", "--out", "data/records", "--quiet", "--workers", "1"]) == 0
+    rec = Path("data/records")
+    assert json.loads((rec / "report.json").read_text())["label_map"] == "label_maps/label_map.pbtxt"
+    assert configs.main(["render", CPU, "--records", "data/records", "--out", "p.yaml"]) == 0
+    err = capsys.readouterr().err
+    assert "label map: the classes in data/records/report.json (label_maps/label_map.pbtxt is outside" in err
+    assert yaml.safe_load(Path("p.yaml").read_text())["task"]["model"]["num_classes"] == 2

@@ -2,9 +2,11 @@
 
 Model Garden publishes ImageNet backbones and a few COCO detectors; od names them so a template can
 say ``pretrained_checkpoint: resnet50_imagenet``. Files are fetched over HTTPS into ``~/.cache/od``
-(``OD_CACHE``), checked against a sha256, and archives are unpacked so that no member can land
-outside the cache or link out of it. Offline, the error says exactly which URL to fetch and where
-to put it.
+(``OD_CACHE``) under a ``.part`` name, kept only when the whole body arrived (``Content-Length``
+bytes or a complete chunked body; one retry, resumed with HTTP Range where the server allows),
+then checked against a sha256. Archives may hold only plain files and folders (no links, no
+absolute or '..' paths), and od never writes through a link in the cache. Any network or archive
+failure is one error line saying which URL to fetch by hand and the exact path to put it at.
 
 Checksums: where the registry has no published sha256 (Model Garden publishes none), the hash of
 the first download is recorded in ``<cache>/<name>/SHA256SUMS`` and every later use is verified
@@ -16,19 +18,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import gzip
 import hashlib
+import http.client
 import os
+import re
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
 
 GCS_HTTPS = "https://storage.googleapis.com/"
 SUMS_FILE = "SHA256SUMS"
+STAMP_FILE = ".od-extracted"  # sha256 of the archive that was unpacked
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK = 1 << 20
 
@@ -112,19 +120,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OD_CACHE") or Path.home() / ".cache" / "od")
 
 
+def _no_links(path: Path) -> None:
+    """Refuse a symlink anywhere between the cache root and ``path``: od writes nothing through one.
+
+    The root itself may be a link the user made (``~/.cache -> /data``); below it od creates
+    only real folders, so a link there was planted (by an archive an older od extracted).
+    """
+    root = cache_dir()
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return
+    p = root
+    for part in parts:
+        p = p / part
+        if p.is_symlink():
+            raise CheckpointError(f"{p}: is a symbolic link inside the checkpoint cache (planted by an archive?); "
+                                  "od writes nothing through links: delete it and re-run")
+
+
 def _sha256(path: Path) -> str:
+    from od.io.files import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
 
 
 def _read_sums(d: Path) -> dict[str, str]:
+    from od.io.files import read_file
+
     p = d / SUMS_FILE
     out: dict[str, str] = {}
     if p.is_file():
-        for line in p.read_text().splitlines():
+        for line in read_file(p).decode("utf-8", "replace").splitlines():
             parts = line.split()
             if len(parts) == 2:
                 out[parts[1]] = parts[0]
@@ -134,61 +165,122 @@ def _read_sums(d: Path) -> dict[str, str]:
 def _write_sums(d: Path, sums: dict[str, str]) -> None:
     from od.io.files import atomic_write_text
 
-    atomic_write_text(d / SUMS_FILE, "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+    _no_links(d)
+    atomic_write_text(d / SUMS_FILE, "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))  # rename: no follow
 
 
 def _expected_hash(spec_file: RemoteFile, d: Path) -> str | None:
     return spec_file.sha256 or _read_sums(d).get(spec_file.filename)
 
 
+def fetch_by_hand(files: Iterable[tuple[str, Path]]) -> str:
+    """The one-line advice: which URL to fetch by hand and the exact cache path to put it at."""
+    todo = "; ".join(f"{url} -> {path}" for url, path in files)
+    return (f"fetch by hand and put in place: {todo} (e.g. curl -L -o PATH URL; or set OD_CACHE), "
+            "then re-run: od verifies the file and records its sha256")
+
+
 def offline_help(spec: CheckpointSpec, missing: Iterable[RemoteFile], reason: str = "") -> str:
     d = cache_dir() / spec.name
-    lines = [f"cannot download checkpoint {spec.name!r}" + (f" ({reason})" if reason else "") + ".",
-             "Fetch these file(s) on a machine with internet access and put them here:"]
-    for f in missing:
-        lines.append(f"  {f.url}\n    -> {d / f.filename}")
-    lines.append(f"e.g.  mkdir -p {d} && curl -L -o {d}/<file> <url>   (or set OD_CACHE to another cache folder)")
-    lines.append("Then re-run; od verifies the files (and records their sha256 on first use).")
-    return "\n".join(lines)
+    return (f"cannot download checkpoint {spec.name!r}" + (f" ({reason})" if reason else "") + "; "
+            + fetch_by_hand((f.url, d / f.filename) for f in missing))
+
+
+class _Cut(Exception):
+    """A body that ended before its Content-Length (http.client returns b'' for that, it does not raise)."""
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, http.client.IncompleteRead):
+        return "the server closed the connection before the chunked body was complete"
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, _Cut):
+        return str(e)
+    return f"{type(e).__name__}: {getattr(e, 'reason', None) or getattr(e, 'strerror', None) or e}"
+
+
+def _transfer(url: str, part: Path, state: dict, progress: bool) -> None:
+    """One GET into ``part``; resumes with HTTP Range from what ``part`` holds. Raises on any short body."""
+    have = os.lstat(part).st_size if os.path.lexists(part) else 0
+    headers = {"User-Agent": "od"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if state.get("validator"):
+            headers["If-Range"] = state["validator"]  # a changed file comes back whole (200), never spliced
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        state["validator"] = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+        start = 0
+        if resp.status == 206:
+            m = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", resp.headers.get("Content-Range", "").strip())
+            if not m or int(m.group(1)) != have:
+                raise _Cut(f"bad Content-Range {resp.headers.get('Content-Range')!r} for a resume at byte {have}")
+            start = have
+        length = None if resp.chunked or resp.headers.get("Content-Length") is None else int(resp.headers["Content-Length"])
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if start else os.O_TRUNC)
+        fd = os.open(part, flags, 0o666)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CheckpointError(f"{part}: not a regular file; delete it and re-run")
+        bar = None
+        if progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=length and start + length, initial=start, unit="B", unit_scale=True, desc=part.name,
+                       file=sys.stderr)
+        got = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    out.write(block)
+                    got += len(block)
+                    if bar is not None:
+                        bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
+        if length is not None and got != length:
+            raise _Cut(f"server closed after {start + got} of {start + length} bytes")
 
 
 def _download(url: str, target: Path, expected: str | None, progress: bool = True) -> str:
-    """HTTPS (or a local http:// test server) -> temp file -> sha256 check -> rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            bar = None
-            if progress and sys.stderr.isatty():
-                from tqdm import tqdm
+    """URL -> ``<target>.part`` (retried or resumed once) -> complete? -> sha256 check -> rename to ``target``.
 
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=target.name, file=sys.stderr)
-            for block in iter(lambda: resp.read(CHUNK), b""):
-                out.write(block)
-                h.update(block)
-                if bar is not None:
-                    bar.update(len(block))
-            if bar is not None:
-                bar.close()
-        digest = h.hexdigest()
+    Raises CheckpointError for a hash mismatch; the network/short-body error of the second try otherwise.
+    A part that did not arrive whole is deleted, never renamed and never hashed into SHA256SUMS.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _no_links(target.parent)
+    part = target.with_name(target.name + ".part")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)  # left by a killed run: start clean (a resume needs this run's validator)
+    state: dict = {}
+    try:
+        for attempt in (1, 2):
+            try:
+                _transfer(url, part, state, progress)
+                break
+            except (OSError, http.client.HTTPException, ValueError, _Cut):
+                if attempt == 2:
+                    raise
+        digest = _sha256(part)
         if expected and digest != expected:
             raise CheckpointError(
                 f"{url}: sha256 mismatch (got {digest}, expected {expected}); the download is corrupt or "
                 f"the file changed upstream. Nothing was kept; delete {target.parent / SUMS_FILE} only if "
                 "you trust the new file."
             )
-        os.replace(tmp, target)
+        os.replace(part, target)  # rename replaces a link at target, never writes through it
         return digest
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(part)
 
 
 def fetch(spec: CheckpointSpec, progress: bool = True) -> Path:
     """Make sure every file of ``spec`` is in the cache and verified; return the cache folder."""
     d = cache_dir() / spec.name
+    _no_links(d)
     d.mkdir(parents=True, exist_ok=True)
     sums = _read_sums(d)
     missing: list[RemoteFile] = []
@@ -209,10 +301,8 @@ def fetch(spec: CheckpointSpec, progress: bool = True) -> Path:
     for f in list(missing):
         try:
             digest = _download(f.url, d / f.filename, _expected_hash(f, d), progress=progress)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(offline_help(spec, missing, reason=str(getattr(e, "reason", e)))) from e
+        except (OSError, http.client.HTTPException, ValueError, _Cut) as e:
+            raise CheckpointError(offline_help(spec, missing, reason=_why(e) + ", tried twice")) from None
         if not f.sha256:
             sums[f.filename] = digest
         missing.remove(f)
@@ -225,22 +315,18 @@ def fetch(spec: CheckpointSpec, progress: bool = True) -> Path:
 def _check_member(m: tarfile.TarInfo, root: Path, archive: str) -> None:
     name = m.name
     p = PurePosixPath(name)
+    if m.issym() or m.islnk():
+        kind = "a symbolic link" if m.issym() else "a hard link"
+        raise CheckpointError(f"{archive}: member {name!r} is {kind} (-> {m.linkname!r}); a checkpoint needs no "
+                              "links, refusing to extract")
+    if not (m.isfile() or m.isdir()):
+        raise CheckpointError(f"{archive}: member {name!r} is a device/fifo; refusing to extract")
     if p.is_absolute() or name.startswith(("/", "\\")) or (p.parts and len(p.parts[0]) == 2 and p.parts[0][1] == ":"):
         raise CheckpointError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
     if any(part == ".." for part in p.parts):
         raise CheckpointError(f"{archive}: member {name!r} escapes the target folder ('..'); refusing to extract")
-    dest = (root / name).resolve()
-    if not _inside(dest, root):
+    if not _inside((root / name).resolve(), root):
         raise CheckpointError(f"{archive}: member {name!r} would land outside {root}; refusing to extract")
-    if m.issym() or m.islnk():
-        link = PurePosixPath(m.linkname)
-        if link.is_absolute():
-            raise CheckpointError(f"{archive}: link {name!r} -> {m.linkname!r} points outside; refusing to extract")
-        base = dest.parent if m.issym() else root
-        if not _inside((base / m.linkname).resolve(), root):
-            raise CheckpointError(f"{archive}: link {name!r} -> {m.linkname!r} points outside; refusing to extract")
-    elif not (m.isfile() or m.isdir()):
-        raise CheckpointError(f"{archive}: member {name!r} is a device/fifo; refusing to extract")
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -248,11 +334,19 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _has_links(folder: Path) -> bool:
+    for top, dirs, files in os.walk(folder):  # followlinks=False: a linked folder is listed, not entered
+        if any(os.path.islink(os.path.join(top, n)) for n in dirs + files):
+            return True
+    return False
+
+
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Extract a tar(.gz) into ``target`` (created via a temp dir, so it appears whole or not at all).
 
-    Every member is checked before anything is written: no absolute paths, no '..', no links
-    leading outside, no devices. Python's own 'data' filter is applied as a second guard.
+    Every member is checked before anything is written: only plain files and folders (no links
+    of either kind: a link created by one member can redirect a later one), no absolute paths,
+    no '..'. Python's own 'data' filter is applied as a second guard.
     """
     archive, target = Path(archive), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -262,16 +356,41 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
             members = tf_.getmembers()
             for m in members:
                 _check_member(m, tmp, str(archive))
-            kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tf_.extractall(tmp, members=members, **kwargs)
-        if target.exists():
+            tf_.extractall(tmp, members=members, filter="data")
+        if os.path.islink(target):
+            os.unlink(target)
+        elif target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except tarfile.TarError as e:
-        raise CheckpointError(f"{archive}: not a readable tar archive ({e}); delete it to download again") from e
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CheckpointError(f"{archive}: not a readable tar archive ({e}); refusing to extract") from None
+    except OSError as e:
+        raise CheckpointError(f"{archive}: cannot extract into {target}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _extracted(spec: CheckpointSpec, d: Path) -> Path:
+    """The archive of ``spec`` unpacked in ``d/extracted`` (again when the archive changed or links are there)."""
+    from od.io.files import atomic_write_text, read_file
+
+    f = spec.files[0]
+    archive, out = d / f.filename, d / "extracted"
+    _no_links(out)
+    stamp = out / STAMP_FILE
+    digest = _sha256(archive)
+    done = stamp.is_file() and not stamp.is_symlink() and read_file(stamp).decode("ascii", "replace") == digest
+    if not done or _has_links(out):
+        try:
+            safe_extract(archive, out)
+        except CheckpointError as e:
+            sums = _read_sums(d)
+            if sums.pop(f.filename, None) is not None:
+                _write_sums(d, sums)  # an archive od refuses is not trusted on first use either
+            raise CheckpointError(f"{e}; delete {archive} and re-run, or {fetch_by_hand([(f.url, archive)])}") from None
+        atomic_write_text(stamp, digest)  # temp file + rename inside a folder od just made: never through a link
+    return out
 
 
 # --------------------------------------------------------------------------- resolve
@@ -300,13 +419,7 @@ def resolve(name_or_path: str, progress: bool = True) -> str:
         spec = REGISTRY[s]
         d = fetch(spec, progress=progress)
         if spec.is_archive:
-            archive = d / spec.files[0].filename
-            out = d / "extracted"
-            stamp = out / ".od-extracted"
-            if not stamp.is_file() or stamp.read_text() != _sha256(archive):
-                safe_extract(archive, out)
-                stamp.write_text(_sha256(archive))
-            found = find_checkpoint(str(out))
+            found = find_checkpoint(str(_extracted(spec, d)))
         else:
             found = str(d / spec.prefix) if spec.prefix else find_checkpoint(str(d))
         if not found or not is_ckpt_prefix(found):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from od.console import note_default
@@ -15,7 +14,8 @@ from od.model.model_dir import LABEL_MAP_FILE
 
 def read_report(records_dir: str) -> dict | None:
     """The records' report.json, or None when the records were written by another tool."""
-    from od.io.schema import REPORT_FILE, SchemaError, parse_report, read_report as read_local
+    from od.io.schema import REPORT_FILE, SchemaError, parse_report
+    from od.io.schema import read_report as read_local
 
     path = paths.join(records_dir, REPORT_FILE)
     if not paths.exists(path):
@@ -32,38 +32,72 @@ def split_glob(records_dir: str, split: str) -> str:
     return paths.join(records_dir, shard_pattern(split))
 
 
+def _read_label_map(path: str):
+    """A label map file (regular files only: a FIFO must not hang od.configs) or a gs:// one."""
+    from od.io.files import read_file
+    from od.io.label_map import LabelMapError, parse_label_map
+
+    try:
+        text = paths.read_text(path) if paths.is_remote(path) else read_file(path).decode("utf-8-sig")
+        return parse_label_map(text, path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read label map: {getattr(e, 'strerror', None) or e}") from None
+    except LabelMapError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _inside(path: str, folder: str) -> bool:
+    """``path`` lies inside ``folder`` after following links ('..' and links leading out do not)."""
+    if paths.is_remote(path) or paths.is_remote(folder):
+        root = folder.rstrip("/") + "/"
+        return path.startswith(root) and ".." not in path[len(root):].split("/")
+    return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep)
+
+
 def resolve_label_map(records_dir: str, label_map: str | None, report: dict | None):
-    """-> (LabelMap, path). --label-map wins; then the one report.json names; then records/label_map.pbtxt."""
-    from od.io.label_map import LabelMapError, read_label_map
+    """-> (LabelMap, path). --label-map wins; else the one report.json names, else records/label_map.pbtxt.
 
-    candidates: list[str] = []
+    report.json may come from someone else, so the file it names is read only inside the records
+    folder. od.records usually writes the label map elsewhere (``label_maps/label_map.pbtxt``); then
+    the classes report.json lists (written from that very label map) are used and no file outside is
+    opened: absolute paths like /etc/passwd, '..' and links leading out are never read.
+    """
     if label_map:
-        candidates = [str(label_map)]
-    else:
-        if report and report.get("label_map"):
-            lm = str(report["label_map"])
-            candidates.append(lm)
-            if not paths.is_remote(lm) and not os.path.isabs(lm):
-                candidates.append(paths.join(records_dir, lm))
-                if report.get("data_dir"):
-                    candidates.append(str(Path(report["data_dir"]).parent / lm))
-        candidates.append(paths.join(records_dir, LABEL_MAP_FILE))
-        candidates.append(str(Path("label_maps") / LABEL_MAP_FILE))
-    for c in candidates:
-        if paths.is_remote(c) or Path(c).is_file():
-            if not label_map:
-                note_default("label map", c)
-            try:
-                if paths.is_remote(c):
-                    from od.io.label_map import parse_label_map
+        return _read_label_map(str(label_map)), str(label_map)
+    named = str(report["label_map"]) if report and report.get("label_map") else None
+    from_report: list[str] = []
+    if named:
+        from_report.append(named)
+        if not paths.is_remote(named) and not os.path.isabs(named):
+            from_report.append(paths.join(records_dir, named))
+    found = [c for c in from_report if paths.exists(c)]
+    allowed = [c for c in found if _inside(c, records_dir)]
+    copy = paths.join(records_dir, LABEL_MAP_FILE)
+    for c in [*allowed, copy]:
+        if paths.exists(c):
+            note_default("label map", c)
+            return _read_label_map(c), c
+    if named and report.get("classes"):
+        from od.io.label_map import LabelMap, LabelMapError
+        from od.io.schema import SchemaError, parse_classes
 
-                    return parse_label_map(paths.read_text(c), c), c
-                return read_label_map(c), c
-            except LabelMapError as e:
-                raise ConfigError(str(e)) from e
+        where = paths.join(records_dir, "report.json")
+        try:
+            lm = LabelMap(tuple(parse_classes(report["classes"], where).items()))
+        except (SchemaError, LabelMapError) as e:
+            raise ConfigError(str(e)) from None
+        note_default("label map", f"the classes in {where} ({named} is outside the records folder, so od does "
+                     "not open it; pass --label-map PATH to use a file)")
+        return lm, named
+    if found:
+        raise ConfigError(
+            f"{paths.join(records_dir, 'report.json')} names the label map {named}, outside the records folder "
+            f"{records_dir}; od does not read it unless you pass it: --label-map PATH "
+            "(the one the records were written with)"
+        )
     raise ConfigError(
-        f"no label map found (tried {', '.join(candidates)}); pass --label-map PATH "
-        "(python -m od.records writes one)"
+        f"no label map found (tried {', '.join([*from_report, copy])}); "
+        "pass --label-map PATH (python -m od.records writes one)"
     )
 
 

@@ -12,11 +12,19 @@ import difflib
 import math
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from od.model import paths
 from od.model.errors import ConfigError
-from od.model.overrides import check_keys, deep_merge, flatten, nest, parse_set_values, substitute
+from od.model.overrides import (
+    check_keys,
+    deep_merge,
+    flatten,
+    nest,
+    parse_set_values,
+    substitute,
+)
 from od.model.record_values import read_report, record_values, resolve_label_map
 from od.model.templates import HEADER_KEYS, base_config, load_template
 
