@@ -95,7 +95,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 def _load(text: str, where: str, fix: str) -> dict:
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
         raise SchemaError(f"{where}: not valid JSON ({e}); {fix}") from None
     if not isinstance(data, dict):
         raise SchemaError(f"{where}: expected a JSON object, found {type(data).__name__}; {fix}")
