@@ -25,6 +25,8 @@ from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, 
 from od.io.files import atomic_write_text
 from od.metrics.boxes import ImageGroundTruth, ImagePredictions
 from od.metrics.detection import PER_CLASS_HEADERS, compute_metrics, per_class_rows, public_metrics
+from od.options import (add_common, add_force, add_gallery, add_max_detections, add_score_threshold, fraction,
+                        positive_int, quiet_tensorflow)
 from od.viz.evaluation import GalleryItem, write_plots
 
 METRICS_VERSION = 1
@@ -413,18 +415,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--model-dir", help="od model dir (runs/NAME) with pipeline.yaml and checkpoints")
     ap.add_argument("--checkpoint", help="best (default when best_ckpt/ exists), latest, or a checkpoint path")
-    ap.add_argument("--exported", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
+    ap.add_argument("--model", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
     ap.add_argument("--records", help="records dir (default: the one the model was trained on), or a file/glob")
     ap.add_argument("--split", default="val", choices=("val", "test", "train"), help="which split's shards (default val)")
     ap.add_argument("--label-map", help="label map (default: the model dir's / export's label_map.pbtxt)")
-    ap.add_argument("--out", help="output dir (default MODEL_DIR/eval, or EXPORTED/eval with --exported)")
-    ap.add_argument("--batch-size", type=int, default=4, help="images per inference batch (checkpoint path)")
-    ap.add_argument("--score-threshold", type=float, default=0.5, help="for the confusion matrix and gallery (default 0.5)")
-    ap.add_argument("--iou-threshold", type=float, default=0.5, help="VOC AP / confusion matrix IoU (default 0.5)")
-    ap.add_argument("--gallery", type=int, default=6, metavar="N", help="images in gallery.png (0: none; default 6)")
+    ap.add_argument("--out", help="output dir (default MODEL_DIR/eval, or MODEL/eval with --model)")
+    add_force(ap, "an evaluation in --out of another model, checkpoint or records (one of the same is refreshed)")
+    ap.add_argument("--batch-size", type=positive_int, default=4, help="images per inference batch (checkpoint path)")
+    add_score_threshold(ap, 0.5, "for the confusion matrix and gallery; AP uses every box (default 0.5)")
+    add_max_detections(ap, "kept before computing the metrics (default: all the model returns)")
+    ap.add_argument("--iou-threshold", type=fraction(lo_open=True), default=0.5,
+                    help="VOC AP / confusion matrix IoU, in (0, 1] (default 0.5)")
+    add_gallery(ap, 6, "gallery.png")
     ap.add_argument("--no-plots", action="store_true", help="metrics.json only")
     ap.add_argument("--save-predictions", action="store_true", help="also write predictions.json (pixel boxes)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(ap)
     return ap
 
 
@@ -436,11 +441,35 @@ def _load_json(path: str) -> dict:
         return {}
 
 
+_SAME_RUN = ("model_dir", "exported", "checkpoint", "split", "records")
+
+
+def _check_earlier(out_dir: Path, info: Mapping[str, Any], force: bool) -> None:
+    """An earlier metrics.json of another model, checkpoint or records is replaced only with --force."""
+    earlier = _load_json(str(out_dir / "metrics.json"))
+    if not earlier:
+        return
+    if all(earlier.get(k) == info[k] for k in _SAME_RUN):
+        print(f"od: refreshing the earlier evaluation of the same model and records in {out_dir}", file=sys.stderr)
+        return
+    was = earlier.get("exported") or f"{earlier.get('checkpoint')} (step {earlier.get('step')})"
+    if not force:
+        raise EvalError(f"{out_dir / 'metrics.json'} holds the evaluation of {was} on other records or of "
+                        "another model; pass --force to replace it, or --out DIR to keep both")
+    warn(f"--force: replacing the evaluation of {was} in {out_dir}")
+
+
+def _top(p: ImagePredictions, n: int) -> ImagePredictions:
+    """--max-detections: the ``n`` highest-scoring boxes of one image."""
+    keep = np.argsort(-p.scores, kind="stable")[:n]
+    return ImagePredictions(p.image_id, p.boxes[keep], p.scores[keep], p.class_ids[keep])
+
+
 def _run(args: argparse.Namespace) -> int:
     from od.io.label_map import LabelMapError, read_label_map
 
     model_dir = args.model_dir
-    export_dir = args.exported
+    export_dir = args.model
     params = header = None
     if export_dir:
         if not os.path.isdir(export_dir):
@@ -526,10 +555,13 @@ def _run(args: argparse.Namespace) -> int:
         info.update(checkpoint=ckpt, checkpoint_choice=how, step=checkpoint_step(ckpt))
         predictor = CheckpointPredictor(params, ckpt)
 
+    _check_earlier(out_dir, info, args.force)
     data = collect(
         predictor, files, classes, batch_size=max(1, args.batch_size),
         gallery_size=0 if args.no_plots else max(0, args.gallery), progress=not args.quiet,
     )
+    if args.max_detections:
+        data.predictions = [_top(p, args.max_detections) for p in data.predictions]
     for s in data.skipped:
         warn(f"skipped {s}")
     if data.dropped_predictions:
@@ -571,11 +603,11 @@ def _fmt(v: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not args.model_dir and not args.exported:
-        error("pass --model-dir runs/NAME (a trained model) or --exported exported/NAME")
+    quiet_tensorflow(args.verbose)
+    if not args.model_dir and not args.model:
+        error("pass --model-dir runs/NAME (a trained model) or --model exported/NAME (an export)")
         return EXIT_USAGE
-    if args.exported and args.checkpoint:
+    if args.model and args.checkpoint:
         error("--checkpoint applies to --model-dir; an export has its checkpoint baked in")
         return EXIT_USAGE
     try:

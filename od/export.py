@@ -5,7 +5,7 @@ aspect ratio, pad) and the forward pass; it returns boxes in pixels of the resiz
 padded model input plus ``image_info``. Tools written for the OD API expect boxes
 normalised to the *original* image, float class ids and a float ``num_detections``, so
 the exported signatures convert inside the graph (``ODDetectionModule.serve``). Every
-consumer (od.detect, od.evaluate --exported, other OD API tools) then needs no
+consumer (od.detect, od.evaluate --model, other OD API tools) then needs no
 Model Garden knowledge.
 
 TFLite: Model Garden's TFLite detection post-processing (the ``TFLite_Detection_PostProcess``
@@ -32,6 +32,14 @@ import numpy as np
 
 from od.console import EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
 from od.io.files import atomic_dir
+from od.options import (
+    add_common,
+    add_force,
+    add_max_detections,
+    add_score_threshold,
+    positive_int,
+    quiet_tensorflow,
+)
 
 # Signature name -> Model Garden input type. ``serving_default`` is the uint8 tensor one.
 SIGNATURES = {"serving_default": "image_tensor", "image_bytes": "image_bytes", "tf_example": "tf_example"}
@@ -69,32 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
         "or a checkpoint path/prefix (e.g. runs/x/ckpt-500) or a dir holding checkpoints",
     )
     p.add_argument("--out", default=None, help="export dir (default: exported/<model dir name>)")
-    p.add_argument("--force", action="store_true", help="replace an existing export dir")
+    add_force(p, "an existing export dir")
     p.add_argument("--tflite", choices=TFLITE_MODES, default=None, help="also write model.tflite (RetinaNet family only)")
     p.add_argument(
         "--calibration-records",
         default=None,
         help="dir (or file/glob) of TFRecords for int8 calibration (default: the run's records dir, train split)",
     )
-    p.add_argument("--calibration-images", type=int, default=100, help="images used for int8 calibration (default 100)")
-    p.add_argument("--max-detections", type=int, default=None, help="max boxes per image (default: the config's)")
-    p.add_argument(
-        "--score-threshold", type=float, default=None, help="drop boxes scoring below this (default: the config's)"
-    )
+    p.add_argument("--calibration-images", type=positive_int, default=100,
+                   help="images used for int8 calibration (default 100)")
+    add_max_detections(p, "baked into the exported model (default: the config's)")
+    add_score_threshold(p, None, "baked into the exported model, boxes below it are never returned "
+                        "(default: the config's)")
+    add_common(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_detections is not None and args.max_detections < 1:
-        error("--max-detections must be >= 1")
-        return EXIT_USAGE
-    if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
-        error("--score-threshold must be in [0, 1)")
-        return EXIT_USAGE
-    if args.calibration_images < 1:
-        error("--calibration-images must be >= 1")
-        return EXIT_USAGE
+    quiet_tensorflow(args.verbose)
     model_dir = Path(args.model_dir)
     if args.out is None:
         out = Path("exported") / model_dir.resolve().name
@@ -103,7 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
     if args.checkpoint is None:
         note_default("checkpoint", "best")
-    _quiet_tensorflow()
     try:
         result = export_model(
             model_dir,
@@ -121,20 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     print_summary(result)
     return EXIT_OK
-
-
-def _quiet_tensorflow() -> None:
-    """Keep the CLI's output to od's own lines (TF/absl chatter about unbuilt layers is noise)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import logging
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:
-        pass
 
 
 # --------------------------------------------------------------------------- model dir
@@ -624,7 +610,7 @@ def export_model(
         if mstep is not None and ckpt.step is not None and mstep != ckpt.step:
             warn(
                 f"{metrics_file} is for step {mstep} but the exported checkpoint is step {ckpt.step}; "
-                f"re-run od.evaluate (or od.evaluate --exported {out}) for metrics of this export"
+                f"re-run od.evaluate (or od.evaluate --model {out}) for metrics of this export"
             )
     else:
         info["val_metrics"] = None
