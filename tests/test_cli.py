@@ -252,3 +252,24 @@ def test_evaluate_keeps_an_evaluation_of_another_checkpoint(tmp_path):
     with pytest.raises(EvalError):
         _check_earlier(tmp_path, {**info, "split": "test"}, force=False)
     _check_earlier(tmp_path, later, force=True)
+
+
+@pytest.mark.slow
+def test_train_quiet_prints_nothing_of_pycocotools_or_tensorflow(tmp_path):
+    """10 steps with a validation at step 10: Model Garden's COCOEvaluator prints pycocotools' table."""
+    from od.records import main as records
+
+    rec = tmp_path / "records"
+    assert records([str(_dataset(tmp_path / "voc", 3)), "--out", str(rec), "--label-map", str(tmp_path / "lm.pbtxt"),
+                    "--quiet", "--workers", "1"]) == 0
+    tiny = ["task.model.input_size=[128,128,3]", "task.train_data.global_batch_size=2",
+            "task.validation_data.global_batch_size=4", "trainer.steps_per_loop=5", "trainer.checkpoint_interval=5",
+            "trainer.validation_interval=10", "trainer.optimizer_config.warmup.linear.warmup_steps=5"]
+    r = subprocess.run([PY, "-m", "od.train", "--config", "faster_rcnn_resnet18_fpn_cpu", "--records", str(rec),
+                        "--model-dir", str(tmp_path / "run"), "--steps", "10", "--quiet",
+                        *[a for s in tiny for a in ("--set", s)]],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "val @ step 10" in r.stderr  # od's own line stays
+    assert r.stdout == "", r.stdout[:500]  # no 'Average Precision (AP) @[ IoU=...' table
+    assert not TF_LOG_LINE.search(r.stderr), r.stderr[:2000]
