@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--label-map", metavar="PATH", help="label_map.pbtxt (default: the one inside the export; else numeric class ids)")
     add_score_threshold(p, 0.5, "boxes below it are not kept (default 0.5)")
-    add_max_detections(p, "kept per image (default: all the model returns)")
+    add_max_detections(p, "default: all the model returns")
     p.add_argument("--classes", metavar="NAMES", help="comma-separated class names (or ids) to keep, e.g. raccoon,dog")
     p.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--save-json", action="store_true", help="write <out>/<image>.json per image and <out>/detections.json")

@@ -423,7 +423,7 @@ def _parser() -> argparse.ArgumentParser:
     add_force(ap, "an evaluation in --out of another model, checkpoint or records (one of the same is refreshed)")
     ap.add_argument("--batch-size", type=positive_int, default=4, help="images per inference batch (checkpoint path)")
     add_score_threshold(ap, 0.5, "for the confusion matrix and gallery; AP uses every box (default 0.5)")
-    add_max_detections(ap, "kept before computing the metrics (default: all the model returns)")
+    add_max_detections(ap, "applied before computing the metrics (default: all the model returns)")
     ap.add_argument("--iou-threshold", type=fraction(lo_open=True), default=0.5,
                     help="VOC AP / confusion matrix IoU, in (0, 1] (default 0.5)")
     add_gallery(ap, 6, "gallery.png")

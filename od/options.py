@@ -56,7 +56,7 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true",
                    help="no progress bars, and no printing by third-party libraries (e.g. pycocotools' tables)")
     g.add_argument("--verbose", action="store_true",
-                   help=f"show TensorFlow's own log (C++ and absl), hidden by default unless {TF_LOG_ENV} is set")
+                   help=f"show TensorFlow's own log (C++ and absl), hidden otherwise; a {TF_LOG_ENV} you set wins")
 
 
 def add_common(parser: argparse.ArgumentParser, subparsers: list[argparse.ArgumentParser] | None = None) -> None:
@@ -119,12 +119,12 @@ MAX_DETECTIONS_HELP = "at most N boxes per image, the highest scores"
 
 def add_score_threshold(parser: argparse.ArgumentParser, default: float | None, what: str) -> None:
     parser.add_argument("--score-threshold", type=fraction(), default=default, metavar="T",
-                        help=f"{SCORE_THRESHOLD_HELP}: {what}")
+                        help=f"{SCORE_THRESHOLD_HELP}; {what}")
 
 
 def add_max_detections(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--max-detections", type=positive_int, default=None, metavar="N",
-                        help=f"{MAX_DETECTIONS_HELP}: {what}")
+                        help=f"{MAX_DETECTIONS_HELP}; {what}")
 
 
 def add_gallery(parser: argparse.ArgumentParser, default: int, where: str) -> None:

@@ -64,7 +64,7 @@ CONCEPTS = {
 }
 HELP_WORDS = {"--score-threshold": "minimum score", "--max-detections": "at most N boxes", "--force": "replace",
               "--gallery": "number of images", "--quiet": "progress", "--verbose": "TensorFlow"}
-RENAMED = ("--threshold", "--max-boxes", "--exported", "--num", "--max-boxes")
+RENAMED = ("--threshold", "--max-boxes", "--exported", "--num")
 
 
 def test_parsers_build_without_importing_tensorflow():
