@@ -51,7 +51,8 @@ records: demo-data
 	$(PY) -m od.records $(DATA) --out $(RECORDS) --label-map $(LABEL_MAP) $(ARGS)
 
 inspect: $(STAMP)
-	$(PY) -m od.inspect $(RECORDS)/*.tfrecord --label-map $(LABEL_MAP) --gallery $(RECORDS)/gallery.png $(ARGS)
+	@# gallery.png in $(RECORDS) is this target's own picture of the records: redrawn on every run
+	$(PY) -m od.inspect $(RECORDS)/*.tfrecord --label-map $(LABEL_MAP) --gallery 16 --out $(RECORDS) --force $(ARGS)
 
 train: $(STAMP)
 	$(PY) -m od.train --config $(CONFIG) --records $(RECORDS) --label-map $(LABEL_MAP) --model-dir $(MODEL_DIR) $(steps_flag) $(ARGS)
@@ -73,8 +74,8 @@ DEMO_EXPORT := exported/demo
 DEMO_HELDOUT := data/demo_heldout
 demo: records
 	$(PY) -m od.train --config faster_rcnn_resnet18_fpn_cpu --records $(RECORDS) --label-map $(LABEL_MAP) --model-dir $(DEMO_MODEL_DIR) $(steps_flag)
-	$(PY) -m od.evaluate --model-dir $(DEMO_MODEL_DIR) --records $(RECORDS)
-	@# the demo re-exports its own model on every run (exported/demo is the demo's, nothing of yours)
+	@# the demo re-evaluates and re-exports its own model on every run (runs/demo and exported/demo are the demo's)
+	$(PY) -m od.evaluate --model-dir $(DEMO_MODEL_DIR) --records $(RECORDS) --force
 	$(PY) -m od.export --model-dir $(DEMO_MODEL_DIR) --out $(DEMO_EXPORT) --force
 	@test -d $(DEMO_HELDOUT) || $(PY) -m od.demo --out $(DEMO_HELDOUT) --num-images 8 --seed 2026
 	$(PY) -m od.detect $(DEMO_HELDOUT) --model $(DEMO_EXPORT) --out detections --save-json

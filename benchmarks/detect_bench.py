@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             return fn(**{key: tf.constant(arr[None])})
 
         def od_path():
-            return detector.detect(pil, threshold=args.threshold)
+            return detector.detect(pil, score_threshold=args.threshold)
 
         for _ in range(3):  # warm-up: first calls trace/allocate
             direct(), od_path()
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
             extra = []
             for _ in range(200):
                 t = time.perf_counter()
-                detector.detect(pil, threshold=args.threshold)
+                detector.detect(pil, score_threshold=args.threshold)
                 extra.append(time.perf_counter() - t)
         finally:
             detector._fn = real_fn

@@ -24,15 +24,22 @@ from collections.abc import Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error
 from od.model.checkpoints import REGISTRY, CheckpointError, cache_dir, resolve
+from od.options import add_common, quiet_tensorflow
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m od.checkpoints", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lst = sub.add_parser("list", help="the registry")
+    f = sub.add_parser("fetch", help="download + verify (+ extract) into the cache; print the checkpoint path")
+    f.add_argument("name", help="registry name, or a path to check")
+    add_common(ap, [lst, f])
+    return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m od.checkpoints", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="the registry")
-    f = sub.add_parser("fetch", help="download + verify (+ extract) into the cache; print the checkpoint path")
-    f.add_argument("name", help="registry name, or a path to check")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow(args.verbose)
     if args.cmd == "list":
         for spec in REGISTRY.values():
             sha = "published" if all(x.sha256 for x in spec.files) else "recorded on first download"
@@ -42,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cache: {cache_dir()} (set OD_CACHE to move it)")
         return EXIT_OK
     try:
-        print(resolve(args.name))
+        print(resolve(args.name, progress=not args.quiet))
     except CheckpointError as e:
         error(str(e))
         return EXIT_FAILURES if args.name in REGISTRY else EXIT_USAGE

@@ -6,7 +6,7 @@ name, ...) and ``experiment:`` (overrides merged over Model Garden's registered 
 so a user never has to count anything by hand. Validation happens here, before a single training
 step, because a wrong glob or class count otherwise costs minutes of graph building to discover.
 
-    python -m od.configs render faster_rcnn_resnet18_fpn_cpu --records data/records \
+    python -m od.configs render --config faster_rcnn_resnet18_fpn_cpu --records data/records \
         --set trainer.train_steps=2000 --out pipeline.yaml
 """
 
@@ -23,13 +23,15 @@ from od.model.errors import ConfigError
 from od.model.model_dir import config_yaml
 from od.model.render import render
 from od.model.templates import available_templates, load_template
+from od.options import add_common, add_force, quiet_tensorflow
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m od.configs", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write the complete resolved Model Garden experiment config")
-    r.add_argument("template", help="name in pipeline_configs/ (e.g. faster_rcnn_resnet18_fpn_cpu) or a YAML path")
+    r.add_argument("--config", required=True, metavar="TEMPLATE",
+                   help="template name in pipeline_configs/ (e.g. faster_rcnn_resnet18_fpn_cpu) or a YAML path")
     r.add_argument("--records", default="data/records", help="folder with the shards and report.json")
     r.add_argument("--label-map", default=None,
                    help="label_map.pbtxt (default: the one report.json names if it lies inside --records, else "
@@ -37,13 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted Model Garden key, YAML value: task.model.input_size=[512,512,3]")
     r.add_argument("--out", default=None, help="write here instead of stdout")
-    r.add_argument("--force", action="store_true", help="replace --out if it exists")
-    sub.add_parser("list", help="list the templates")
+    add_force(r, "an existing --out file")
+    lst = sub.add_parser("list", help="list the templates")
+    add_common(ap, [r, lst])
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_tensorflow(args.verbose)
     if args.cmd == "list":
         for n in available_templates():
             h, _, _ = load_template(n)
@@ -53,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(f"{args.out} exists; pass --force to replace it")
         return EXIT_USAGE
     try:
-        r = render(args.template, args.records, args.label_map, args.sets)
+        r = render(args.config, args.records, args.label_map, args.sets)
     except ConfigError as e:
         error(str(e))
         return EXIT_USAGE

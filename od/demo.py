@@ -8,20 +8,27 @@ import sys
 from od.console import EXIT_OK, EXIT_USAGE, error, note_default, print_table
 from od.data.synthetic import DEFAULT_NUM_IMAGES, DEFAULT_SEED, generate
 from od.io.files import atomic_dir
+from od.options import add_common, add_force, positive_int, quiet_tensorflow
 
 DEFAULT_OUT = "annotations/demo"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m od.demo",
         description="Generate the synthetic demo dataset (JPEG + LabelImg VOC XML side by side).",
     )
     ap.add_argument("--out", help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--num-images", type=int, default=None, help=f"number of images (default {DEFAULT_NUM_IMAGES})")
+    ap.add_argument("--num-images", type=positive_int, default=None, help=f"number of images (default {DEFAULT_NUM_IMAGES})")
     ap.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT_SEED})")
-    ap.add_argument("--force", action="store_true", help="replace --out if it already exists")
-    args = ap.parse_args(argv)
+    add_force(ap, "an existing --out folder")
+    add_common(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow(args.verbose)
 
     out = args.out
     if out is None:
@@ -35,9 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     if seed is None:
         seed = DEFAULT_SEED
         note_default("--seed", seed)
-    if num < 1:
-        error(f"--num-images must be at least 1, got {num}")
-        return EXIT_USAGE
     try:
         with atomic_dir(out, force=args.force) as tmp:
             stats = generate(tmp, num, seed)

@@ -28,6 +28,7 @@ from od.model.errors import ModelError
 from od.model.inference import Detector
 from od.model.source import resolve_labels, resolve_model
 from od.viz.outputs import Manifest, OutputError, OutputWriter, Result, check_out_dir
+from od.options import add_common, add_force, add_max_detections, add_score_threshold, quiet_tensorflow
 
 
 DEFAULT_OUT = Path("detections")
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Examples:\n"
             "  python -m od.detect photos/                      # newest model under exported/\n"
-            "  python -m od.detect 'shots/*.jpg' --model exported/raccoon --threshold 0.3\n"
+            "  python -m od.detect 'shots/*.jpg' --model exported/raccoon --score-threshold 0.3\n"
             "  python -m od.detect new/ --save-voc              # pre-labels in detections/voc/ for LabelImg\n"
             "Exit codes: 0 all images done, 1 some images failed, 2 usage error (bad flag, no model)."
         ),
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the newest export under exported/)",
     )
     p.add_argument("--label-map", metavar="PATH", help="label_map.pbtxt (default: the one inside the export; else numeric class ids)")
-    p.add_argument("--threshold", type=float, default=0.5, metavar="T", help="minimum score to keep a box (default 0.5)")
-    p.add_argument("--max-boxes", type=int, default=None, metavar="N", help="keep at most N boxes per image (highest scores)")
+    add_score_threshold(p, 0.5, "boxes below it are not kept (default 0.5)")
+    add_max_detections(p, "default: all the model returns")
     p.add_argument("--classes", metavar="NAMES", help="comma-separated class names (or ids) to keep, e.g. raccoon,dog")
     p.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument("--save-json", action="store_true", help="write <out>/<image>.json per image and <out>/detections.json")
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write Pascal VOC pre-labels + image copies to <out>/voc/ (open in LabelImg; feed to od.records)",
     )
     p.add_argument("--save-crops", action="store_true", help="write each kept box as <out>/crops/<class>/<image>_<n>.jpg")
-    p.add_argument("--force", action="store_true", help="replace VOC XMLs already in <out>/voc/ (maybe hand-corrected)")
+    add_force(p, "files in --out that od.detect did not write, and VOC XMLs in <out>/voc/ (maybe hand-corrected)")
+    add_common(p)
     return p
 
 
@@ -118,9 +120,9 @@ def run(
     detector: Detector,
     images: Sequence[InputImage],
     writer: OutputWriter,
-    threshold: float,
+    score_threshold: float,
     class_ids: set[int] | None,
-    max_boxes: int | None,
+    max_detections: int | None,
     progress: bool = True,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
@@ -187,7 +189,7 @@ def run(
                 emit(Result(item, error=err))
                 continue
             try:
-                dets = detector.postprocess(detector.raw(arr), img.width, img.height, threshold, class_ids, max_boxes)
+                dets = detector.postprocess(detector.raw(arr), img.width, img.height, score_threshold, class_ids, max_detections)
             except ModelError:
                 raise
             except Exception as e:  # noqa: BLE001 - one image the model chokes on must not stop the batch
@@ -204,12 +206,7 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0.0 <= args.threshold <= 1.0:
-        error(f"--threshold {args.threshold} must be between 0 and 1")
-        return EXIT_USAGE
-    if args.max_boxes is not None and args.max_boxes < 1:
-        error(f"--max-boxes {args.max_boxes} must be at least 1")
-        return EXIT_USAGE
+    quiet_tensorflow(args.verbose)
 
     out = Path(args.out) if args.out else DEFAULT_OUT
     if not args.out:
@@ -257,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "model": source.ref,
         "label_map": labels_from or None,
-        "threshold": args.threshold,
+        "score_threshold": args.score_threshold,
         "classes": sorted(id_to_name.get(i, str(i)) for i in class_ids) if class_ids else None,
-        "max_boxes": args.max_boxes,
+        "max_detections": args.max_detections,
     }
     writer = OutputWriter(out, [i.path for i in images], args.save_json, args.save_voc, args.save_crops, args.force, meta,
                           manifest)
@@ -268,10 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         error(f"cannot create output folder {out}: {e.strerror or e}")
         return EXIT_USAGE
-    print(f"od.detect: {len(images)} image(s), model {source.ref} (TensorFlow + model loaded in {load_s:.1f}s), threshold {args.threshold}", file=sys.stderr)
+    print(f"od.detect: {len(images)} image(s), model {source.ref} (TensorFlow + model loaded in {load_s:.1f}s), score threshold {args.score_threshold}", file=sys.stderr)
     t1 = time.perf_counter()
     try:
-        results = run(detector, images, writer, args.threshold, class_ids, args.max_boxes)
+        results = run(detector, images, writer, args.score_threshold, class_ids, args.max_detections,
+                      progress=not args.quiet)
     except ModelError as e:
         error(str(e))
         return EXIT_USAGE

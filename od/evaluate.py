@@ -20,13 +20,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
-from od.io.schema import METRICS_FILE, SchemaError, classes_list, split_files, write_json, write_metrics
+from od.io.schema import METRICS_FILE, SchemaError, classes_list, read_metrics, split_files, write_json, write_metrics
 from od.metrics.boxes import ImageGroundTruth, ImagePredictions
 from od.metrics.detection import PER_CLASS_HEADERS, compute_metrics, per_class_rows, public_metrics
 from od.model.errors import ConfigError
 from od.model.inference import Detector
 from od.model.model_dir import EVAL_DIR
 from od.model.source import resolve_model
+from od.options import (add_common, add_force, add_gallery, add_max_detections, add_score_threshold, fraction,
+                        quiet_tensorflow)
 from od.viz.evaluation import GalleryItem, write_plots
 
 
@@ -159,18 +161,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--model-dir", help="od model dir (runs/NAME) with pipeline.yaml and checkpoints")
     ap.add_argument("--checkpoint", help="best (default when best_ckpt/ exists), latest, or a checkpoint path")
-    ap.add_argument("--exported", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
+    ap.add_argument("--model", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
     ap.add_argument("--records", help="records dir (default: the one the model was trained on), or a file/glob")
     ap.add_argument("--split", default="val", choices=("val", "test", "train"), help="which split's shards (default val)")
     ap.add_argument("--label-map", help="label map (default: the model dir's / export's label_map.pbtxt)")
-    ap.add_argument("--out", help="output dir (default MODEL_DIR/eval, or EXPORTED/eval with --exported)")
-    ap.add_argument("--score-threshold", type=float, default=0.5, help="for the confusion matrix and gallery (default 0.5)")
-    ap.add_argument("--iou-threshold", type=float, default=0.5, help="VOC AP / confusion matrix IoU (default 0.5)")
-    ap.add_argument("--gallery", type=int, default=6, metavar="N", help="images in gallery.png (0: none; default 6)")
+    ap.add_argument("--out", help="output dir (default MODEL_DIR/eval, or MODEL/eval with --model)")
+    add_force(ap, "an evaluation in --out of another model, checkpoint or records (one of the same is refreshed)")
+    add_score_threshold(ap, 0.5, "for the confusion matrix and gallery; AP uses every box (default 0.5)")
+    add_max_detections(ap, "applied before computing the metrics (default: all the model returns)")
+    ap.add_argument("--iou-threshold", type=fraction(lo_open=True), default=0.5,
+                    help="VOC AP / confusion matrix IoU, in (0, 1] (default 0.5)")
+    add_gallery(ap, 6, "gallery.png")
     ap.add_argument("--no-plots", action="store_true", help="metrics.json only")
     ap.add_argument("--save-predictions", action="store_true", help="also write predictions.json (pixel boxes)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(ap)
     return ap
+
+
+_SAME_RUN = ("model_dir", "exported", "checkpoint", "split", "records")
+
+
+def _check_earlier(out_dir: Path, info: Mapping[str, Any], force: bool) -> None:
+    """An earlier metrics.json of another model, checkpoint or records is replaced only with --force."""
+    try:
+        earlier = read_metrics(out_dir / METRICS_FILE) if (out_dir / METRICS_FILE).exists() else None
+    except SchemaError:
+        earlier = None  # not od.evaluate's: only --force replaces it
+        if not force:
+            raise ConfigError(f"{out_dir / METRICS_FILE} was not written by od.evaluate; pass --force to replace "
+                              "it, or --out DIR") from None
+    if not earlier:
+        return
+    if all(earlier.get(k) == info[k] for k in _SAME_RUN):
+        print(f"od: refreshing the earlier evaluation of the same model and records in {out_dir}", file=sys.stderr)
+        return
+    was = earlier.get("exported") or f"{earlier.get('checkpoint')} (step {earlier.get('step')})"
+    if not force:
+        raise ConfigError(f"{out_dir / METRICS_FILE} holds the evaluation of {was} on other records or of "
+                        "another model; pass --force to replace it, or --out DIR to keep both")
+    warn(f"--force: replacing the evaluation of {was} in {out_dir}")
+
+
+def _top(p: ImagePredictions, n: int) -> ImagePredictions:
+    """--max-detections: the ``n`` highest-scoring boxes of one image."""
+    keep = np.argsort(-p.scores, kind="stable")[:n]
+    return ImagePredictions(p.image_id, p.boxes[keep], p.scores[keep], p.class_ids[keep])
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -179,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
     from od.model.model_dir import load_model_dir
 
     model_dir = args.model_dir
-    export_dir = args.exported
+    export_dir = args.model
     params = header = None
     source = model_json = None
     if export_dir:
@@ -254,17 +289,21 @@ def _run(args: argparse.Namespace) -> int:
         ck = model_json.get("checkpoint")
         if ck:
             info.update(checkpoint=ck["path"], checkpoint_choice=ck.get("kind"), step=ck.get("step"))
-        detector = Detector.load(source, classes)
     else:
         from od.model.model_dir import choose_checkpoint
 
         ckpt = choose_checkpoint(model_dir, args.checkpoint)
         info.update(checkpoint=ckpt.path, checkpoint_choice=ckpt.kind, step=ckpt.step)
-        detector = Detector.from_checkpoint(params, ckpt.path, classes)
-
+    _check_earlier(out_dir, info, args.force)  # before the seconds a model load takes
+    if source is not None:
+        detector = Detector.load(source, classes)
+    else:
+        detector = Detector.from_checkpoint(params, info["checkpoint"], classes)
     data = collect(
         detector, files, classes, gallery_size=0 if args.no_plots else max(0, args.gallery), progress=not args.quiet,
     )
+    if args.max_detections:
+        data.predictions = [_top(p, args.max_detections) for p in data.predictions]
     for s in data.skipped:
         warn(f"skipped {s}")
     if data.dropped_predictions:
@@ -306,11 +345,11 @@ def _fmt(v: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not args.model_dir and not args.exported:
-        error("pass --model-dir runs/NAME (a trained model) or --exported exported/NAME")
+    quiet_tensorflow(args.verbose)
+    if not args.model_dir and not args.model:
+        error("pass --model-dir runs/NAME (a trained model) or --model exported/NAME (an export)")
         return EXIT_USAGE
-    if args.exported and args.checkpoint:
+    if args.model and args.checkpoint:
         error("--checkpoint applies to --model-dir; an export has its checkpoint baked in")
         return EXIT_USAGE
     try:

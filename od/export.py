@@ -23,6 +23,14 @@ from od.model.errors import ConfigError
 from od.model.model_dir import BEST_DIR, EVAL_DIR
 from od.model.serving import INPUT_NAME, SIGNATURES
 from od.model.tflite import PAD_RGB, TFLITE_FILE, TFLITE_MODES
+from od.options import (
+    add_common,
+    add_force,
+    add_max_detections,
+    add_score_threshold,
+    positive_int,
+    quiet_tensorflow,
+)
 
 
 class ExportError(ConfigError):
@@ -46,32 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         "or a checkpoint path/prefix (e.g. runs/x/ckpt-500) or a dir holding checkpoints",
     )
     p.add_argument("--out", default=None, help="export dir (default: exported/<model dir name>)")
-    p.add_argument("--force", action="store_true", help="replace an existing export dir")
+    add_force(p, "an existing export dir")
     p.add_argument("--tflite", choices=TFLITE_MODES, default=None, help="also write model.tflite (RetinaNet family only)")
     p.add_argument(
         "--calibration-records",
         default=None,
         help="dir (or file/glob) of TFRecords for int8 calibration (default: the run's records dir, train split)",
     )
-    p.add_argument("--calibration-images", type=int, default=100, help="images used for int8 calibration (default 100)")
-    p.add_argument("--max-detections", type=int, default=None, help="max boxes per image (default: the config's)")
-    p.add_argument(
-        "--score-threshold", type=float, default=None, help="drop boxes scoring below this (default: the config's)"
-    )
+    p.add_argument("--calibration-images", type=positive_int, default=100,
+                   help="images used for int8 calibration (default 100)")
+    add_max_detections(p, "baked into the exported model (default: the config's)")
+    add_score_threshold(p, None, "baked into the exported model, boxes below it are never returned "
+                        "(default: the config's)")
+    add_common(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_detections is not None and args.max_detections < 1:
-        error("--max-detections must be >= 1")
-        return EXIT_USAGE
-    if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
-        error("--score-threshold must be in [0, 1)")
-        return EXIT_USAGE
-    if args.calibration_images < 1:
-        error("--calibration-images must be >= 1")
-        return EXIT_USAGE
+    quiet_tensorflow(args.verbose)
     model_dir = Path(args.model_dir)
     if args.out is None:
         out = Path("exported") / model_dir.resolve().name

@@ -23,11 +23,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, print_table, warn
+from od.console import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_USAGE,
+    error,
+    note_default,
+    print_table,
+    warn,
+)
 from od.io.files import file_problem, shown
 from od.io.schema import RECORD_SUFFIXES
+from od.options import (
+    add_common,
+    add_force,
+    add_gallery,
+    non_negative_int,
+    quiet_tensorflow,
+)
 from od.viz.gallery import class_name, write_gallery
 
+GALLERY_FILE = "gallery.png"
 _EPS = 1e-4  # float32 storage of coordinates computed in float64
 
 
@@ -339,12 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("records", nargs="+", metavar="RECORDS",
                    help="TFRecord files, globs ('data/records/train-*') or directories")
     p.add_argument("--label-map", metavar="PATH", help="label_map.pbtxt to check class ids and texts against")
-    p.add_argument("--gallery", metavar="OUT.png", help="write a PNG grid of sampled examples with their boxes "
-                   "(replaces OUT.png if it exists)")
-    p.add_argument("--num", type=int, default=16, metavar="N", help="examples in the gallery (default 16)")
+    add_gallery(p, 0, f"{GALLERY_FILE}, a grid of sampled examples with their boxes")
+    p.add_argument("--out", metavar="DIR", help=f"where {GALLERY_FILE} goes (default: the folder of the first record file)")
+    add_force(p, f"an existing {GALLERY_FILE} in --out")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing gallery examples (default 0)")
-    p.add_argument("--max-problems", type=int, default=50, metavar="N",
+    p.add_argument("--max-problems", type=non_negative_int, default=50, metavar="N",
                    help="print at most N problems (all are counted; default 50, 0 = all)")
+    add_common(p)
     return p
 
 
@@ -369,9 +386,7 @@ def print_report(res: InspectResult, max_problems: int = 50, out=None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.num < 1:
-        error("--num must be at least 1")
-        return EXIT_USAGE
+    quiet_tensorflow(args.verbose)
 
     files, unmatched = expand_inputs(args.records)
     for u in unmatched:
@@ -380,6 +395,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unmatched or not files:
         error("nothing to inspect; create records first with `python -m od.records DATA_DIR` (or `make records`)")
         return EXIT_USAGE
+    gallery = None
+    if args.gallery:
+        out = Path(args.out) if args.out else Path(files[0]).parent
+        if not args.out:
+            note_default("--out", out)
+        gallery = out / GALLERY_FILE
+        if os.path.lexists(gallery) and not args.force:
+            error(f"{gallery} exists; pass --force to replace it, or --out DIR")
+            return EXIT_USAGE
 
     label_map = None
     if args.label_map:
@@ -391,8 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             error(str(e))
             return EXIT_USAGE
 
-    res = inspect_records(files, label_map, num_samples=args.num if args.gallery else 0,
-                          seed=args.seed, progress=True)
+    res = inspect_records(files, label_map, num_samples=args.gallery, seed=args.seed, progress=not args.quiet)
 
     for w in res.warnings:
         warn(shown(w))
@@ -404,16 +427,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
     print_report(res, args.max_problems)
 
-    if args.gallery:
+    if gallery is not None:
         if res.samples:
             try:
-                write_gallery(args.gallery, res.samples, label_map)
-                print(f"gallery: {args.gallery} ({len(res.samples)} examples, seed {args.seed})")
+                gallery.parent.mkdir(parents=True, exist_ok=True)
+                write_gallery(gallery, res.samples, label_map)
+                print(f"gallery: {gallery} ({len(res.samples)} examples, seed {args.seed})")
             except OSError as e:
-                error(f"{args.gallery}: cannot write gallery: {e.strerror or e}")
+                error(f"{gallery}: cannot write gallery: {e.strerror or e}")
                 return EXIT_FAILURES
         else:
-            warn(f"no decodable examples to draw; {args.gallery} not written")
+            warn(f"no decodable examples to draw; {gallery} not written")
     return EXIT_OK if res.ok else EXIT_FAILURES
 
 

@@ -27,7 +27,8 @@ from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
 from od.data.output import OutputError, commit, discard, locked, survey, temp_name
 from od.data.shards import WorkerError, run_tasks
-from od.io.schema import REPORT_FILE, SPLITS, dumps
+from od.io.schema import REPORT_FILE, SPLITS, SchemaError, dumps, read_report
+from od.options import add_common, add_force, fraction, positive_int, quiet_tensorflow
 
 DEFAULT_OUT = "data/records"
 DEFAULT_LABEL_MAP = "label_maps/label_map.pbtxt"
@@ -80,26 +81,6 @@ def print_summary(report: dict, out: Path, file=None) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1)")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m od.records",
@@ -114,23 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--label-map", metavar="PATH", help=f"label map to honour or create (default {DEFAULT_LABEL_MAP})")
     ap.add_argument("--add-classes", action="store_true", help="add classes missing from an existing label map")
-    ap.add_argument("--val-fraction", type=_fraction, default=None, metavar="F", help=f"val share when no ImageSets (default {DEFAULT_VAL_FRACTION})")
-    ap.add_argument("--test-fraction", type=_fraction, default=0.0, metavar="F", help="test share when no ImageSets (default 0)")
-    ap.add_argument("--shards", type=_positive, metavar="N", help="shards per split (default: ~150 MB each; one per 32 MB up to 8, so workers share a split)")
-    ap.add_argument("--workers", type=_positive, metavar="N", help="worker processes (default: CPU count)")
+    ap.add_argument("--val-fraction", type=fraction(hi_open=True), default=None, metavar="F", help=f"val share when no ImageSets (default {DEFAULT_VAL_FRACTION})")
+    ap.add_argument("--test-fraction", type=fraction(hi_open=True), default=0.0, metavar="F", help="test share when no ImageSets (default 0)")
+    ap.add_argument("--shards", type=positive_int, metavar="N", help="shards per split (default: ~150 MB each; one per 32 MB up to 8, so workers share a split)")
+    ap.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: CPU count)")
     ap.add_argument("--skip-difficult", action="store_true", help="drop boxes marked difficult")
     ap.add_argument("--follow-links", action="store_true",
                     help="read files and folders that links lead to outside the dataset (listed in the report)")
-    ap.add_argument("--force", action="store_true",
-                    help="replace files in --out that look like shards but were not written by od")
+    add_force(ap, "files in --out that look like shards but were not written by od")
     ap.add_argument("--strict", action="store_true", help="any problem -> exit 1 before writing anything")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(ap)
     return ap
+
+
+def _earlier_run(out: Path) -> str | None:
+    """What an earlier run left in ``out`` (per its report.json), said so before it is replaced."""
+    try:
+        report = read_report(out / REPORT_FILE)
+    except (SchemaError, OSError):
+        return None
+    n = sum(len(sp.get("files", [])) for sp in report.get("splits", {}).values())
+    return f"the records of {report.get('data_dir', '?')} ({n} shard{'s' if n != 1 else ''})"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     if args.data_dir is None and not args.annotations:
         ap.print_usage(sys.stderr)
         error("give DATA_DIR (or --annotations DIR)")
@@ -163,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         error(f"--val-fraction {val_fraction} + --test-fraction {args.test_fraction} leaves nothing to train on")
         return EXIT_USAGE
     data_dir = args.data_dir if args.data_dir is not None else str(layout.root)
+    earlier = _earlier_run(out)
+    if earlier:
+        print(f"od.records: {out} holds {earlier}; this run replaces them (only once it is complete)",
+              file=sys.stderr)
     print(f"od.records: reading {data_dir} (layout: {layout.description})", file=sys.stderr)
     try:
         return _run(args, layout, data_dir, out, lm_path, val_fraction, workers)

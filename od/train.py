@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
 from od.model import paths
+from od.options import add_common, positive_int, quiet_tensorflow, third_party_quiet
+
 
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; carries the step so the message can name it."""
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--records", default="data/records", help="folder (or gs:// prefix) with the shards + report.json")
     ap.add_argument("--label-map", default=None, help="label_map.pbtxt (default: the one report.json names)")
     ap.add_argument("--model-dir", default=None, help="default runs/<config-name>; may be gs://")
-    ap.add_argument("--steps", type=int, default=None, help="total train steps (larger than a finished run extends it)")
+    ap.add_argument("--steps", type=positive_int, default=None, help="total train steps (larger than a finished run extends it)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted Model Garden config key, YAML value (repeatable)")
     ap.add_argument("--tpu", default=None, help="TPU name/address (Colab: 'local' or leave the grpc address)")
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--init-checkpoint", default=None,
                     help="registry name (python -m od.checkpoints list) or checkpoint path; overrides the template")
     ap.add_argument("--no-eval", action="store_true", help="train only (no in-process validation)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar (a line per validation only)")
+    add_common(ap)
     return ap
 
 
@@ -474,7 +476,11 @@ def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, t
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run(args)
+    quiet_tensorflow(args.verbose)
+    # --quiet: od's lines go to stderr; stdout is only third-party printing (pycocotools' table at
+    # every validation, from Model Garden's COCOEvaluator).
+    with third_party_quiet(args.quiet):
+        return run(args)
 
 
 if __name__ == "__main__":

@@ -93,13 +93,13 @@ def test_unknown_keys_rejected_with_closest_suggestions(tmp_path, key, suggestio
 def test_cli_render_writes_complete_yaml_and_rejects_typos(tmp_path, capsys):
     rec = _records(tmp_path)
     out = tmp_path / "pipeline.yaml"
-    assert configs.main(["render", CPU, "--records", str(rec), "--set", "trainer.train_steps=50",
+    assert configs.main(["render", "--config", CPU, "--records", str(rec), "--set", "trainer.train_steps=50",
                          "--out", str(out)]) == 0
     d = yaml.safe_load(out.read_text())
     assert set(d) >= {"task", "trainer", "runtime"}
     assert d["task"]["model"]["num_classes"] == 4 and d["trainer"]["train_steps"] == 50
-    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out)]) == 2  # no silent overwrite
-    assert configs.main(["render", CPU, "--records", str(rec), "--set", "trainer.trian_steps=5"]) == 2
+    assert configs.main(["render", "--config", CPU, "--records", str(rec), "--out", str(out)]) == 2  # no silent overwrite
+    assert configs.main(["render", "--config", CPU, "--records", str(rec), "--set", "trainer.trian_steps=5"]) == 2
     err = capsys.readouterr().err
     assert "trainer.trian_steps" in err and "trainer.train_steps" in err
 

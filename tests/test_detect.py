@@ -139,11 +139,11 @@ def test_threshold_classes_max_boxes(tmp_path, model):
     src = _img(tmp_path / "a.jpg")
     cases = {
         "default": ([], [0, 1, 2]),
-        "low": (["--threshold", "0.2"], [0, 1, 2, 3]),
-        "high": (["--threshold", "0.8"], [0]),
+        "low": (["--score-threshold", "0.2"], [0, 1, 2, 3]),
+        "high": (["--score-threshold", "0.8"], [0]),
         "classes": (["--classes", "dog,bird"], [1, 2]),
-        "classes_ids": (["--classes", "1", "--threshold", "0.1"], [0, 3]),
-        "max": (["--max-boxes", "2"], [0, 1]),
+        "classes_ids": (["--classes", "1", "--score-threshold", "0.1"], [0, 3]),
+        "max": (["--max-detections", "2"], [0, 1]),
     }
     for name, (flags, expect) in cases.items():
         out = tmp_path / name
@@ -504,7 +504,7 @@ def test_detector_matches_signature(export_root):
 
     det = load_detector(str(export_root / "exported" / "tiny"))
     arr = np.zeros((H, W, 3), np.uint8)
-    dets = det.detect(arr, threshold=0.0)
+    dets = det.detect(arr, score_threshold=0.0)
     assert [(d.class_name, round(d.score, 2)) for d in dets] == [("cat", 0.9), ("dog", 0.7), ("bird", 0.6), ("cat", 0.3)]
     b = dets[0].box
     assert (b.xmin, b.ymin, b.xmax, b.ymax) == pytest.approx(px(0), abs=1e-3) and b.name == "cat"
@@ -524,7 +524,7 @@ def test_help_is_fast_and_does_not_import_tensorflow():
         "print('TF_LOADED' if any(m.split('.')[0] in ('tensorflow', 'tensorflow_hub', 'keras') for m in sys.modules) else 'NO_TF')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
-    assert "--threshold" in res.stdout and res.stdout.strip().endswith("NO_TF")
+    assert "--score-threshold" in res.stdout and res.stdout.strip().endswith("NO_TF")
 
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "od.detect", "--help"], check=False, capture_output=True, text=True, env=env, cwd=REPO)

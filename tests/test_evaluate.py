@@ -335,7 +335,7 @@ def test_cli_exported_model_writes_metrics_and_plots(fake_export, capsys):
     from od.evaluate import main
 
     out = fake_export / "out"
-    rc = main(["--exported", str(fake_export / "exported" / "fake"), "--records", str(fake_export / "records"),
+    rc = main(["--model", str(fake_export / "exported" / "fake"), "--records", str(fake_export / "records"),
                "--out", str(out), "--quiet", "--save-predictions"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -363,7 +363,7 @@ def test_cli_undecodable_image_is_skipped_and_reported(fake_export, tmp_path, ca
     from od.evaluate import main
 
     _write_records(tmp_path / "records", corrupt_at=0)
-    rc = main(["--exported", str(fake_export / "exported" / "fake"), "--records", str(tmp_path / "records"),
+    rc = main(["--model", str(fake_export / "exported" / "fake"), "--records", str(tmp_path / "records"),
                "--out", str(tmp_path / "out"), "--quiet", "--no-plots"])
     assert rc == 1
     assert "1 of 4 records: image could not be decoded" in capsys.readouterr().err
@@ -375,9 +375,9 @@ def test_cli_bad_input_is_a_usage_error(fake_export, tmp_path, capsys):
     from od.evaluate import main
 
     assert main([]) == 2
-    rc = main(["--exported", str(fake_export / "exported" / "missing"), "--records", str(fake_export / "records")])
+    rc = main(["--model", str(fake_export / "exported" / "missing"), "--records", str(fake_export / "records")])
     assert rc == 2 and "missing not found" in capsys.readouterr().err
-    rc = main(["--exported", str(fake_export / "exported" / "fake"), "--records", str(fake_export / "records"),
+    rc = main(["--model", str(fake_export / "exported" / "fake"), "--records", str(fake_export / "records"),
                "--split", "test", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "no test records" in err and "val-00000-of-00001.tfrecord" in err
@@ -389,12 +389,12 @@ def test_help_is_fast_and_does_not_import_tensorflow():
     code = "import sys; from od import evaluate; from od.viz import plots; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     r = subprocess.run([sys.executable, "-m", "od.evaluate", "--help"], capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 0 and "--exported" in r.stdout
+    assert r.returncode == 0 and "--model" in r.stdout
 
 
 # --------------------------------------------------------------------------------------
 # End to end on a real (tiny) trained model dir: od.train -> od.evaluate -> od.export ->
-# od.evaluate --exported (slow: trains)
+# od.evaluate --model (slow: trains)
 # --------------------------------------------------------------------------------------
 
 
@@ -480,7 +480,7 @@ def test_end_to_end_checkpoint_and_export_agree(trained, capsys):
     # The export computes the same metrics and the same detections.
     _run_cli(["od.export", "--model-dir", str(model_dir), "--out", str(root / "exported" / "tiny")], root)
     exp_out = root / "exp_eval"
-    assert main(["--exported", str(root / "exported" / "tiny"), "--out", str(exp_out), "--save-predictions",
+    assert main(["--model", str(root / "exported" / "tiny"), "--out", str(exp_out), "--save-predictions",
                  "--quiet"]) == 0
     e = json.loads((exp_out / "metrics.json").read_text())
     assert e["exported"] and e["step"] == 10 and e["records"] == m["records"]

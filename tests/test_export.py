@@ -399,7 +399,7 @@ def test_checkpoint_and_export_detect_the_same_through_od_model_inference(frcnn_
         np.testing.assert_allclose(a["detection_boxes"][:k], b["detection_boxes"][:k], atol=1e-5)
         np.testing.assert_array_equal(a["detection_classes"][:k], b["detection_classes"][:k])
         np.testing.assert_allclose(a["detection_scores"][:k], b["detection_scores"][:k], atol=1e-5)
-        dets = from_ckpt.postprocess(a, hw[1], hw[0], threshold=0.0)
+        dets = from_ckpt.postprocess(a, hw[1], hw[0], score_threshold=0.0)
         assert len(dets) == k and all(0 <= d.box.xmax <= hw[1] and 0 <= d.box.ymax <= hw[0] for d in dets)
 
 

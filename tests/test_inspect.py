@@ -231,8 +231,8 @@ def test_file_names_that_are_not_utf8(tmp_path: Path, capsys) -> None:
     name = os.fsdecode(os.path.join(folder, b"train-00000-of-00002-\xe9.tfrecord"))  # Latin-1 byte
     write_records(name, [_example("a.jpg", [Box(1, 1, 20, 20, name="circle")], [1])])
     open(os.path.join(folder, b"train-00001-of-00002-\xff.tfrecord"), "wb").close()  # empty: a problem
-    png = tmp_path / "g.png"
-    rc = main([os.fsdecode(folder), "--gallery", str(png)])
+    png = tmp_path / "g" / "gallery.png"
+    rc = main([os.fsdecode(folder), "--gallery", "16", "--out", str(png.parent)])
     cap = capsys.readouterr()
     assert rc == 1, cap.err
     assert "train-00000-of-00002-\\xe9.tfrecord  " in cap.out  # the per-file table
@@ -252,9 +252,9 @@ def test_expand_inputs(tmp_path: Path) -> None:
 
 def test_gallery(tmp_path: Path, capsys) -> None:
     out = _good(tmp_path)
-    png = tmp_path / "gallery" / "g.png"
-    rc = main([str(out), "--label-map", str(tmp_path / "label_map.pbtxt"), "--gallery", str(png),
-               "--num", "3", "--seed", "1"])
+    png = tmp_path / "gallery" / "gallery.png"
+    rc = main([str(out), "--label-map", str(tmp_path / "label_map.pbtxt"), "--gallery", "3",
+               "--out", str(png.parent), "--seed", "1"])
     assert rc == 0, capsys.readouterr().err
     with Image.open(png) as im:
         assert im.format == "PNG"
@@ -265,9 +265,9 @@ def test_gallery(tmp_path: Path, capsys) -> None:
         hits = np.all(pixels == np.array(color_for(cid), dtype=np.uint8), axis=1).sum()
         assert hits > 100, (cid, hits)  # box outlines / label backgrounds in the class colour
     # The same seed picks the same examples.
-    png2 = tmp_path / "g2.png"
-    main([str(out), "--label-map", str(tmp_path / "label_map.pbtxt"), "--gallery", str(png2),
-          "--num", "3", "--seed", "1"])
+    png2 = tmp_path / "g2" / "gallery.png"
+    main([str(out), "--label-map", str(tmp_path / "label_map.pbtxt"), "--gallery", "3",
+          "--out", str(png2.parent), "--seed", "1"])
     assert png2.read_bytes() == png.read_bytes()
 
 

@@ -132,9 +132,9 @@ class Detector:
         raw: dict[str, "np.ndarray"],
         width: int,
         height: int,
-        threshold: float = 0.5,
+        score_threshold: float = 0.5,
         class_ids: set[int] | None = None,
-        max_boxes: int | None = None,
+        max_detections: int | None = None,
     ) -> list[Detection]:
         """Filter (score, class, count) and convert normalised yxyx boxes to pixel Detections."""
         import numpy as np
@@ -146,13 +146,13 @@ class Detector:
         if "num_detections" in raw:
             n = min(n, int(np.asarray(raw["num_detections"]).reshape(-1)[0]))
         boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
-        keep = scores >= threshold
+        keep = scores >= score_threshold
         if class_ids is not None:
             keep &= np.isin(classes, np.fromiter(class_ids, dtype=np.int64))
         idx = np.nonzero(keep)[0]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        if max_boxes is not None:
-            idx = idx[:max_boxes]
+        if max_detections is not None:
+            idx = idx[:max_detections]
         px = boxes[idx] * np.array([height, width, height, width], dtype=np.float64)
         px[:, 0::2] = np.clip(px[:, 0::2], 0, height)
         px[:, 1::2] = np.clip(px[:, 1::2], 0, width)
@@ -170,16 +170,16 @@ class Detector:
     def detect(
         self,
         image: "Image.Image | np.ndarray",
-        threshold: float = 0.5,
+        score_threshold: float = 0.5,
         class_ids: set[int] | None = None,
-        max_boxes: int | None = None,
+        max_detections: int | None = None,
     ) -> list[Detection]:
         """Detections in pixels of ``image`` (an RGB PIL image or HxWx3 uint8 array)."""
         import numpy as np
 
         arr = image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
         h, w = arr.shape[:2]
-        return self.postprocess(self.raw(arr), w, h, threshold, class_ids, max_boxes)
+        return self.postprocess(self.raw(arr), w, h, score_threshold, class_ids, max_detections)
 
 
 def load_detector(model: str | None = None, label_map: str | None = None) -> Detector:
