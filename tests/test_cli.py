@@ -121,7 +121,7 @@ def test_version(step):
 BAD_NUMBERS = [
     ("evaluate", ["--model-dir", "r", "--score-threshold", "1.5"]),
     ("evaluate", ["--model-dir", "r", "--iou-threshold", "0"]),
-    ("evaluate", ["--model-dir", "r", "--batch-size", "0"]),
+    ("evaluate", ["--model-dir", "r", "--iou-threshold", "1.01"]),
     ("evaluate", ["--model-dir", "r", "--gallery", "-1"]),
     ("evaluate", ["--model-dir", "r", "--max-detections", "0"]),
     ("detect", ["x.jpg", "--score-threshold", "-0.1"]),
@@ -239,12 +239,13 @@ def test_inspect_gallery_goes_next_to_the_records_and_is_not_replaced(tmp_path, 
 
 
 def test_evaluate_keeps_an_evaluation_of_another_checkpoint(tmp_path):
-    from od.evaluate import EvalError, _check_earlier
+    from od.evaluate import _check_earlier
+    from od.model.errors import ConfigError as EvalError
 
     info = {"model_dir": "runs/x", "exported": None, "checkpoint": "runs/x/ckpt-5", "split": "val",
             "records": ["r/val-00000-of-00001.tfrecord"]}
     _check_earlier(tmp_path, info, force=False)  # nothing there yet
-    (tmp_path / "metrics.json").write_text(json.dumps({**info, "step": 5, "AP50": 0.5}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"version": 1, **info, "step": 5, "AP50": 0.5}))
     _check_earlier(tmp_path, info, force=False)  # the same evaluation again: refreshed
     later = {**info, "checkpoint": "runs/x/ckpt-9"}
     with pytest.raises(EvalError, match=r"ckpt-5 \(step 5\).*--force"):
@@ -252,6 +253,10 @@ def test_evaluate_keeps_an_evaluation_of_another_checkpoint(tmp_path):
     with pytest.raises(EvalError):
         _check_earlier(tmp_path, {**info, "split": "test"}, force=False)
     _check_earlier(tmp_path, later, force=True)
+    (tmp_path / "metrics.json").write_text("not od's")  # a file od.evaluate did not write
+    with pytest.raises(EvalError, match="not written by od.evaluate"):
+        _check_earlier(tmp_path, info, force=False)
+    _check_earlier(tmp_path, info, force=True)
 
 
 @pytest.mark.slow

@@ -187,7 +187,7 @@ def test_label_map_report_names_outside_the_records_is_never_opened(tmp_path, mo
     def num_classes() -> int:
         return yaml.safe_load(out.read_text())["task"]["model"]["num_classes"]
 
-    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out)]) == 0
+    assert configs.main(["render", "--config", CPU, "--records", str(rec), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "outside the records folder" in err and "--label-map PATH" in err
     assert num_classes() == 4  # the report's 3 classes + background
@@ -195,12 +195,12 @@ def test_label_map_report_names_outside_the_records_is_never_opened(tmp_path, mo
     report = json.loads((rec / "report.json").read_text())
     del report["classes"]
     (rec / "report.json").write_text(json.dumps(report))
-    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out), "--force"]) == 2
+    assert configs.main(["render", "--config", CPU, "--records", str(rec), "--out", str(out), "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("od: error: ")
     assert named in err[0] and "outside the records folder" in err[0] and "--label-map PATH" in err[0]
     # The same file is fine when the user passes it.
-    assert configs.main(["render", CPU, "--records", str(rec), "--out", str(out), "--force",
+    assert configs.main(["render", "--config", CPU, "--records", str(rec), "--out", str(out), "--force",
                          "--label-map", str(tmp_path / "outside.pbtxt")]) == 0
     assert num_classes() == 6
 
@@ -228,7 +228,7 @@ def test_malformed_report_is_one_error_and_exit_2(tmp_path, report):
     rec = _records(tmp_path)
     (rec / "report.json").write_text(report)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.run([sys.executable, "-m", "od.configs", "render", CPU, "--records", str(rec)],
+    p = subprocess.run([sys.executable, "-m", "od.configs", "render", "--config", CPU, "--records", str(rec)],
                        capture_output=True, text=True, env=env, timeout=300, check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stderr
@@ -249,7 +249,7 @@ def test_default_workflow_records_then_render_without_label_map(tmp_path, monkey
     assert records.main(["ds", "--out", "data/records", "--quiet", "--workers", "1"]) == 0
     rec = Path("data/records")
     assert json.loads((rec / "report.json").read_text())["label_map"] == "label_maps/label_map.pbtxt"
-    assert configs.main(["render", CPU, "--records", "data/records", "--out", "p.yaml"]) == 0
+    assert configs.main(["render", "--config", CPU, "--records", "data/records", "--out", "p.yaml"]) == 0
     err = capsys.readouterr().err
     assert "label map: the classes in data/records/report.json (label_maps/label_map.pbtxt is outside" in err
     assert yaml.safe_load(Path("p.yaml").read_text())["task"]["model"]["num_classes"] == 2
