@@ -30,8 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m od.configs", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write the complete resolved Model Garden experiment config")
-    r.add_argument("--config", required=True, metavar="TEMPLATE",
-                   help="template name in pipeline_configs/ (e.g. faster_rcnn_resnet18_fpn_cpu) or a YAML path")
+    r.add_argument("--config", metavar="TEMPLATE",
+                   help="template name in pipeline_configs/ (e.g. faster_rcnn_resnet18_fpn_cpu) or a YAML path; "
+                        "`render NAME` (the template as first argument) means the same")
+    r.add_argument("template", nargs="?", metavar="TEMPLATE", help=argparse.SUPPRESS)
     r.add_argument("--records", default="data/records", help="folder with the shards and report.json")
     r.add_argument("--label-map", default=None,
                    help="label_map.pbtxt (default: the one report.json names if it lies inside --records, else "
@@ -53,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             h, _, _ = load_template(n)
             print(f"{n:36s} {h.get('description', '')}")
         return EXIT_OK
+    if args.template and args.config and args.template != args.config:
+        error(f"two templates: {args.template} and --config {args.config}; pass one")
+        return EXIT_USAGE
+    args.config = args.config or args.template
+    if not args.config:
+        error("which template? pass --config NAME (python -m od.configs list shows them)")
+        return EXIT_USAGE
     if args.out and Path(args.out).exists() and not args.force:
         error(f"{args.out} exists; pass --force to replace it")
         return EXIT_USAGE
