@@ -68,6 +68,10 @@ def test_min_size_drops_small_boxes_and_says_so(tmp_path, capsys):
     assert sorted(p.name for p in out.rglob("*.png")) == ["p0_1.png", "p1_1.png"]  # cats are 40 px high
     text = capsys.readouterr().out
     assert text.count("below --min-size 45; not written [dropped_box]") == 2
+    # Both sides count: the dog boxes are 50x55, so 52 drops them too (nothing left: exit 1, one error).
+    assert crops.main([str(tmp_path / "V"), "--out", str(tmp_path / "C2"), "--min-size", "52", "--quiet"]) == 1
+    assert not list((tmp_path / "C2").rglob("*.png"))
+    assert "crop 50x55 is below --min-size 52" in capsys.readouterr().out
 
 
 def test_one_bad_xml_or_image_is_reported_and_the_rest_go_on(tmp_path, capsys):
