@@ -223,3 +223,27 @@ def test_stored_image_is_the_upright_picture(tmp_path):
     image = _decode_mg(tmp_path / "R")["cat/rot.jpg"][2]
     assert image.shape == (40, 20, 3)
     assert image[5, 10].mean() > 200 and image[35, 10].mean() < 50  # white half on top once rotated
+
+
+def test_a_class_folder_linked_from_outside_and_a_non_utf8_name_are_not_read(tmp_path):
+    from hostile import bytes_named_file, jpeg_bytes
+
+    data = _dataset(tmp_path / "D", n=2)
+    _dataset(tmp_path / "elsewhere", n=2, classes=("owl",))
+    os.symlink(tmp_path / "elsewhere" / "owl", data / "owl")
+    bytes_named_file(data / "cat", b"caf\xe9.jpg", jpeg_bytes())
+    rc, rep = _run(data, tmp_path / "R")
+    assert rc == 1
+    problems = {p["file"]: p["problem"] for p in rep["problems"]}
+    assert "outside the dataset" in problems["owl/"] and "not valid UTF-8" in problems["cat/caf\\xe9.jpg"]
+    assert rep["labels"] == ["cat", "dog"] and rep["summary"]["images_converted"] == 4
+    rc, rep = _run(data, tmp_path / "R2", "--follow-links")
+    assert rc == 1 and rep["labels"] == ["cat", "dog", "owl"] and rep["outside_roots"]
+
+
+def test_report_task_is_checked():
+    from od.io.schema import SchemaError, parse_report, report_task
+
+    assert report_task(parse_report('{"splits": {}}', "r")) == "detection"
+    with pytest.raises(SchemaError, match="unknown task 'segmentation'"):
+        parse_report('{"splits": {}, "task": "segmentation"}', "r")
