@@ -5,6 +5,8 @@ Three layouts are recognised (``--annotations``/``--images`` override):
   2. an annotations folder (annotations/ Annotations/ annots/ xml/) beside an images
      folder (images/ JPEGImages/ imgs/);
   3. XML files next to their images (LabelImg's default), searched recursively.
+A folder of images per class (``DATA/<class>/``, or ``DATA/{train,val,test}/<class>/``) and no
+XML is a classification dataset (``od.data.classification``); ``--layout`` overrides.
 
 First every XML is read and the whole conversion is planned (``od.data.plan``): images,
 classes, duplicates, splits, shards. Then the shards are written (``od.data.shards``), one
@@ -22,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, format_table, note_default, warn
-from od.data.layout import Layout, UsageError, detect_layout
+from od.data.layout import LAYOUTS, Layout, UsageError, detect_layout
 from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
 from od.data.output import OutputError, commit, discard, locked, survey, temp_name
@@ -36,12 +38,21 @@ DEFAULT_VAL_FRACTION = 0.2
 MAX_PROBLEMS_SHOWN = 20
 
 
-def print_summary(report: dict, out: Path, file=None) -> None:
-    file = file or sys.stdout
-    s = report["summary"]
+def _print_classification(report: dict, p) -> None:
     splits = report["splits"]
-    p = lambda *a: print(*a, file=file)  # noqa: E731
+    rows = [(name, sp["num_images"], len(sp["files"])) for name, sp in splits.items()]
+    rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
+    p(format_table(["split", "images", "shards"], rows))
     p("")
+    rows = [[f"{c['name']} ({c['id']})", c["id"] - 1] + [sp["per_class"].get(c["name"], {}).get("images", 0)
+                                                      for sp in splits.values()]
+            for c in report["classes"]]
+    p(format_table(["class (id)", "label"] + [f"{n} images" for n in splits], rows))
+    p("")
+
+
+def _print_detection(report: dict, p) -> None:
+    splits = report["splits"]
     rows = [
         (name, sp["num_images"], sp["num_boxes"], sp["negatives"], len(sp["files"]))
         for name, sp in splits.items()
@@ -63,6 +74,17 @@ def print_summary(report: dict, out: Path, file=None) -> None:
     if names:
         p(format_table(headers, crow))
         p("")
+
+
+def print_summary(report: dict, out: Path, file=None) -> None:
+    file = file or sys.stdout
+    s = report["summary"]
+    p = lambda *a: print(*a, file=file)  # noqa: E731
+    p("")
+    if report.get("task") == "classification":
+        _print_classification(report, p)
+    else:
+        _print_detection(report, p)
     probs = report["problems"]
     a = s["problems_by_action"]
     if probs:
@@ -84,12 +106,17 @@ def print_summary(report: dict, out: Path, file=None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m od.records",
-        description="Convert a Pascal VOC dataset (XML + images) to sharded TFRecords, a label map and report.json.",
-        epilog="Layouts: VOCdevkit year folder; annotations/ beside images/; or XML next to images. "
+        description="Convert a Pascal VOC dataset (XML + images), or a folder of images per class, to sharded "
+        "TFRecords, a label map and report.json.",
+        epilog="Layouts: VOCdevkit year folder; annotations/ beside images/; or XML next to images; classification: "
+        "DATA/<class>/*.jpg or DATA/{train,val,test}/<class>/ (writes labels.txt beside the label map). "
         "Exit codes: 0 all converted, 1 some images skipped (or nothing converted, or --strict found problems), "
         "2 usage error.",
     )
     ap.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="dataset folder")
+    ap.add_argument("--layout", choices=LAYOUTS, default="auto",
+                    help="auto (default): found from DATA_DIR; voc: the detection layouts only; classification: "
+                    "a folder of images per class")
     ap.add_argument("--annotations", metavar="DIR", help="folder of VOC XML files (overrides detection)")
     ap.add_argument("--images", metavar="DIR", help="folder of images (default: beside each XML)")
     ap.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
@@ -102,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-difficult", action="store_true", help="drop boxes marked difficult")
     ap.add_argument("--follow-links", action="store_true",
                     help="read files and folders that links lead to outside the dataset (listed in the report)")
-    add_force(ap, "files in --out that look like shards but were not written by od")
+    add_force(ap, "files in --out that look like shards but were not written by od; a labels.txt that disagrees "
+              "with the label map")
     ap.add_argument("--strict", action="store_true", help="any problem -> exit 1 before writing anything")
     add_common(ap)
     return ap
@@ -141,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         error(f"--label-map {lm_path} is a folder; give a .pbtxt file path")
         return EXIT_USAGE
     try:
-        layout = detect_layout(args.data_dir, args.annotations, args.images)
+        layout = detect_layout(args.data_dir, args.annotations, args.images, args.layout)
     except UsageError as e:
         error(str(e))
         return EXIT_USAGE
     val_fraction = args.val_fraction
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION
-        if not layout.imagesets_dir:
+        if not layout.imagesets_dir and not layout.presplit:
             note_default("--val-fraction", val_fraction)
     if val_fraction + args.test_fraction >= 1.0:
         error(f"--val-fraction {val_fraction} + --test-fraction {args.test_fraction} leaves nothing to train on")
@@ -181,12 +209,21 @@ def _run(
 
     show = not args.quiet
     try:
-        plan = plan_dataset(
-            layout, lm_path, add_classes=args.add_classes, skip_difficult=args.skip_difficult,
-            val_fraction=val_fraction, test_fraction=args.test_fraction, follow_links=args.follow_links,
-        )
+        if layout.kind == "classification":
+            from od.data.classification import plan_classification
+
+            plan = plan_classification(layout, lm_path, val_fraction=val_fraction, test_fraction=args.test_fraction,
+                                       follow_links=args.follow_links)
+        else:
+            plan = plan_dataset(
+                layout, lm_path, add_classes=args.add_classes, skip_difficult=args.skip_difficult,
+                val_fraction=val_fraction, test_fraction=args.test_fraction, follow_links=args.follow_links,
+            )
     except LabelMapError as e:
         error(f"{e} (fix it, or pass another --label-map)")
+        return EXIT_USAGE
+    except UsageError as e:
+        error(str(e))
         return EXIT_USAGE
     if plan.label_map_status == "existing":
         nc = len(plan.label_map)
@@ -196,7 +233,8 @@ def _run(
         warn(f"{len(plan.not_listed)} XML files are not in any ImageSets/Main list and were left out ({listed})")
     if not plan.items:
         _show_problems(plan.problems)
-        error(f"nothing to convert in {data_dir}: none of its {plan.num_xml} XML files is usable")
+        what = "image" if plan.task == "classification" else "XML"
+        error(f"nothing to convert in {data_dir}: none of its {plan.num_xml} {what} files is usable")
         return EXIT_FAILURES
     if plan.boxes_in_xml and not any(it.boxes for it in plan.items):
         _show_problems(plan.problems)
@@ -255,6 +293,14 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
     if clash and not args.force:
         raise OutputError(f"{out / clash[0]} was not written by od (it is not listed in {out / REPORT_FILE}); "
                           "move it away, or pass --force to replace it")
+    labels_file = None
+    if plan.labels_bytes is not None:
+        from od.data.classification import labels_clash, labels_path
+
+        labels_file = labels_path(os.path.realpath(lm_path))
+        clash = labels_clash(labels_file, plan.labels_bytes.decode("utf-8"))
+        if clash and not args.force:
+            raise OutputError(f"{clash}; move it away, or pass --force to replace it")
     temps = [t.tmp_path for t in tasks]
     try:
         outcomes = run_tasks(tasks, workers, len(plan.items), show, "converting")
@@ -268,6 +314,13 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
             _show_problems([p for o in outcomes for p in o.problems])
             error("no image could be converted; nothing was replaced")
             return EXIT_FAILURES
+        empty = _classes_without_images(plan, outcomes)
+        if empty:
+            discard(temps)
+            _show_problems([p for o in outcomes for p in o.problems])
+            error(f"class folder {empty[0]}/ has no usable image (all its images were skipped); nothing in {out} "
+                  "was replaced")
+            return EXIT_USAGE
         if plan.boxes_in_xml and s["boxes"] == 0:
             discard(temps)
             error(f"no box was kept (see the problems in the summary); nothing in {out} was replaced")
@@ -291,6 +344,11 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
             _write_bytes(lm_tmp, plan.label_map_bytes)
             read_label_map(lm_tmp)  # what we wrote reads back
             pairs.append((lm_tmp, str(target)))
+        if labels_file is not None:
+            labels_tmp = temp_name(labels_file)
+            temps.append(labels_tmp)
+            _write_bytes(labels_tmp, plan.labels_bytes)
+            pairs.append((labels_tmp, str(labels_file)))
         old = [str(out / f) for f in existing.ours if f not in new_names]
         commit(pairs, remove=old)
     except BaseException:
@@ -302,6 +360,10 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
                "existing": "unchanged"}[plan.label_map_status]
     nc = len(plan.label_map)
     print(f"label map: {lm_path} ({lm_note}, {nc} class{'es' if nc != 1 else ''})")
+    if plan.task == "classification":
+        from od.data.classification import labels_path
+
+        print(f"labels:    {labels_path(lm_path)} (line i = record label i = label map id - 1)")
     n_shards = len(tasks)
     print(f"records:   {out} ({n_shards} shard{'s' if n_shards != 1 else ''}), report: {out / REPORT_FILE}")
     if old:
@@ -323,6 +385,17 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
         warn(f"{skipped} files were skipped; see the problems above / {out / REPORT_FILE}")
         return EXIT_FAILURES
     return EXIT_OK
+
+
+def _classes_without_images(plan, outcomes) -> list[str]:
+    """Classification: the class folders none of whose images converted (sorted)."""
+    if plan.task != "classification":
+        return []
+    converted = {o.index for o in outcomes if o.converted}
+    have: dict[str, bool] = {}
+    for it in plan.items:
+        have[it.class_name] = have.get(it.class_name, False) or it.index in converted
+    return sorted(c for c, ok in have.items() if not ok)
 
 
 def _write_bytes(path: str, data: bytes) -> None:

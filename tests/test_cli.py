@@ -23,7 +23,7 @@ PY = sys.executable
 BUILDERS = {
     "records": "build_parser", "inspect": "build_parser", "configs": "_parser", "checkpoints": "build_parser",
     "train": "_parser", "evaluate": "_parser", "export": "build_parser", "detect": "build_parser",
-    "demo": "build_parser",
+    "demo": "build_parser", "crops": "build_parser",
 }
 TF_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ", re.MULTILINE)
 
@@ -57,8 +57,8 @@ CONCEPTS = {
     "--score-threshold": {"detect", "evaluate", "export"},
     "--max-detections": {"detect", "evaluate", "export"},
     "--gallery": {"inspect", "evaluate"},
-    "--out": {"records", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
-    "--force": {"records", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
+    "--out": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
+    "--force": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
     # train's --seed comes from branch h-learn: this fails on h-cli alone until that merge.
     "--seed": {"train", "demo"},
 }

@@ -33,6 +33,8 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
     prep = prepare_image(item.image_path, item.xml_size, item.image_report)
     if prep.data is None:
         return Outcome(item.index, False, problems=prep.problems), None
+    if item.label >= 0:
+        return _convert_labelled(item, prep)
     boxes, box_problems = apply_box_rules(item.boxes, prep.width, prep.height, item.xml_name)
     try:
         rec = _encode(item, prep, boxes, name_to_id)
@@ -47,6 +49,22 @@ def _convert_item(item: Item, name_to_id: dict) -> tuple[Outcome, tuple | None]:
         ),
         rec,
     )
+
+
+def _convert_labelled(item: Item, prep) -> tuple[Outcome, bytes | None]:
+    """A classification image: one label, no boxes (its class counted with 0 boxes)."""
+    from od.io.example import encode_classification_example
+
+    try:
+        rec = encode_classification_example(
+            image_bytes=prep.data, image_format="jpeg", width=prep.width, height=prep.height,
+            filename=item.image_name, source_id=item.source_id, label=item.label, text=item.class_name,
+        )
+    except ValueError as e:
+        problem = Problem(item.image_report, f"cannot encode the Example: {e}", SKIPPED_IMAGE)
+        return Outcome(item.index, False, problems=prep.problems + (problem,)), None
+    return Outcome(item.index, True, prep.width, prep.height, prep.fast_path, not prep.fast_path,
+                   ((item.class_name, 0),), prep.problems), rec
 
 
 def _encode(item: Item, prep, boxes: Sequence[Box], name_to_id: dict) -> tuple:

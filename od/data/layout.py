@@ -1,4 +1,5 @@
-"""Where a dataset's XML and images are: the three VOC layouts, and ImageSets/Main lists."""
+"""Where a dataset's XML and images are: the three VOC layouts, ImageSets/Main lists, and the
+classification layout (a folder of images per class, optionally under train/ val/ test/)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from od.data.inputs import IMAGE_SUFFIXES
 from od.data.walk import any_xml
 from od.io.files import read_file
 
 ANNOTATION_DIRS = ("annotations", "Annotations", "annots", "xml")
 IMAGE_DIRS = ("images", "JPEGImages", "imgs")
+SPLIT_DIRS = ("train", "val", "test")
+LAYOUTS = ("auto", "voc", "classification")  # --layout: voc = the detection layouts above
 
 
 class UsageError(Exception):
@@ -22,13 +26,14 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str  # voc | folders | flat | explicit
+    kind: str  # voc | folders | flat | explicit | classification
     root: Path  # dataset root: images are never read from outside it (or images_dir)
     annotations_dir: Path
     images_dir: Path | None  # None: each image beside its XML
     imagesets_dir: Path | None = None
     description: str = ""
     explicit: tuple[Path, ...] = ()  # folders the user named (--annotations/--images): inside by choice
+    presplit: bool = False  # classification: DATA/{train,val,test}/<class>/
 
     def images_dir_for(self, xml: Path) -> Path | None:
         """Where ``xml``'s image lives; nested annotation folders mirror into the images folder."""
@@ -58,11 +63,50 @@ def _resolve_dir(arg: str, data_dir: Path | None, what: str) -> Path:
     return p
 
 
-def detect_layout(data_dir: str | Path | None, annotations: str | None = None, images: str | None = None) -> Layout:
-    """Work out where the XML and images are; raises UsageError with what was expected."""
+def _subdirs(d: Path) -> list[Path]:
+    with os.scandir(d) as entries:
+        return sorted(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def _holds_image(d: Path) -> bool:
+    with os.scandir(d) as entries:
+        return any(e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith(".") for e in entries)
+
+
+def _presplit(dd: Path) -> bool:
+    """DATA/{train,val,test}/<class>/: every subfolder a split name, train among them."""
+    subs = {p.name for p in _subdirs(dd)}
+    return "train" in subs and subs <= set(SPLIT_DIRS)
+
+
+def _looks_like_classes(dd: Path) -> bool:
+    """A subfolder (of DATA, or of DATA/train) that holds images (called once no XML was found)."""
+    base = dd / "train" if _presplit(dd) else dd
+    return any(_holds_image(p) for p in _subdirs(base))
+
+
+def _classification(dd: Path) -> Layout:
+    if _presplit(dd):
+        names = "/".join(p.name for p in _subdirs(dd))
+        return Layout("classification", dd, dd, None, description=f"a folder per class under {names}/",
+                      presplit=True)
+    return Layout("classification", dd, dd, None, description="a folder per class")
+
+
+def detect_layout(
+    data_dir: str | Path | None, annotations: str | None = None, images: str | None = None, kind: str = "auto"
+) -> Layout:
+    """Work out where the XML and images are; raises UsageError with what was expected.
+
+    ``kind`` (``--layout``): ``auto``; ``voc`` (the detection layouts only); ``classification``.
+    """
     dd = Path(data_dir) if data_dir is not None else None
     if dd is not None and not dd.is_dir():
         raise UsageError(f"DATA_DIR {dd}: no such folder")
+    if kind == "classification":
+        if annotations or images or dd is None:
+            raise UsageError("--layout classification reads DATA_DIR only (not --annotations/--images)")
+        return _classification(dd)
     if annotations or images:
         ann = _resolve_dir(annotations, dd, "--annotations") if annotations else dd
         if ann is None:
@@ -97,10 +141,13 @@ def detect_layout(data_dir: str | Path | None, annotations: str | None = None, i
         return Layout("folders", dd, ann, None, None, f"{ann.name}/ (images beside the XML)")
     if any_xml(dd):
         return Layout("flat", dd, dd, None, None, "XML next to the images")
+    if kind == "auto" and _looks_like_classes(dd):
+        return _classification(dd)
     raise UsageError(
         f"no Pascal VOC XML found in {dd}. Expected one of: a VOCdevkit year folder (Annotations/, JPEGImages/, "
         f"ImageSets/Main/); an annotations folder ({', '.join(ANNOTATION_DIRS)}) beside an images folder "
-        f"({', '.join(IMAGE_DIRS)}); or .xml files next to their images. Or pass --annotations DIR --images DIR."
+        f"({', '.join(IMAGE_DIRS)}); or .xml files next to their images. Or pass --annotations DIR --images DIR"
+        + ("." if kind == "voc" else "; or, for classification, a folder of images per class (DATA/<class>/*.jpg).")
     )
 
 

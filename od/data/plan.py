@@ -46,6 +46,8 @@ class Item(NamedTuple):
     source_id: int
     order: bytes = b""  # sha256 of key (shard order); computed when empty
     size: int = -1  # bytes of the image file when planned (-1: unknown); sizes shards
+    label: int = -1  # classification: the 0-based class label (-1: a detection item)
+    class_name: str = ""  # classification: the class (its folder's name)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class Plan:
     boxes_in_xml: int = 0  # boxes of usable XMLs before the label map's filter
     outside_roots: list[str] = field(default_factory=list)  # real folders read outside the root (--follow-links)
     label_map_bytes: bytes | None = None  # the label map file to write (created or edited), None: unchanged
+    task: str = "detection"  # or "classification" (od.data.classification)
+    labels_bytes: bytes | None = None  # classification: labels.txt to write beside the label map
 
 
 class _Entry(NamedTuple):

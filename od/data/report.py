@@ -17,6 +17,7 @@ def build_report(
     plan: Plan, data_dir: str, label_map_path: str, outcomes: Sequence[Outcome], files: dict[str, list[str]]
 ) -> dict:
     lm = plan.label_map
+    cls_task = plan.task == "classification"
     by_index = {o.index: o for o in outcomes}
     splits: dict[str, dict] = {}
     problems: list[Problem] = list(plan.problems)
@@ -24,7 +25,7 @@ def build_report(
         its = [it for it in plan.items if it.split == split]
         if not its and not files.get(split):
             continue
-        per_class = {n: {"images": 0, "boxes": 0} for n in lm.names}
+        per_class = {n: {"images": 0} if cls_task else {"images": 0, "boxes": 0} for n in lm.names}
         n_images = n_boxes = negatives = 0
         for it in its:
             o = by_index[it.index]
@@ -36,14 +37,11 @@ def build_report(
             for cls, n in o.class_counts:
                 per_class.setdefault(cls, {"images": 0, "boxes": 0})
                 per_class[cls]["images"] += 1
-                per_class[cls]["boxes"] += n
-        splits[split] = {
-            "files": files.get(split, []),
-            "num_images": n_images,
-            "num_boxes": n_boxes,
-            "negatives": negatives,
-            "per_class": per_class,
-        }
+                if not cls_task:
+                    per_class[cls]["boxes"] += n
+        splits[split] = {"files": files.get(split, []), "num_images": n_images, "per_class": per_class}
+        if not cls_task:
+            splits[split].update(num_boxes=n_boxes, negatives=negatives)
     for it in plan.items:
         problems.extend(by_index[it.index].problems)
     # Planning problems come first per XML; keep a stable, readable order by file.
@@ -54,7 +52,7 @@ def build_report(
         "layout": plan.layout.kind,
         "layout_description": plan.layout.description,
         "split_source": plan.splits_source,
-        "xml_files": plan.num_xml,
+        ("image_files" if cls_task else "xml_files"): plan.num_xml,
         "images_converted": len(converted),
         "images_skipped": plan.num_xml - len(converted) - len(plan.not_listed),
         "images_copied_unchanged": sum(o.fast_path for o in converted),
@@ -66,7 +64,10 @@ def build_report(
         "difficult_boxes_skipped": plan.difficult_skipped,
         "not_in_imagesets": len(plan.not_listed),
     }
-    return {
+    if cls_task:
+        for k in ("boxes", "negatives", "difficult_boxes_skipped", "not_in_imagesets"):
+            del summary[k]
+    out = {
         "version": REPORT_VERSION,
         "data_dir": data_dir,
         "label_map": label_map_path,
@@ -77,3 +78,7 @@ def build_report(
         "outside_roots": plan.outside_roots,
         "summary": summary,
     }
+    if cls_task:  # no "task": detection (reports od wrote before classification read the same)
+        out["task"] = plan.task
+        out["labels"] = lm.names  # the record label of each class: its line in labels.txt (label map id - 1)
+    return out

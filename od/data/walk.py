@@ -61,6 +61,13 @@ def walk_xml(folder: str | os.PathLike, roots: Roots, report_name) -> Iterator[t
     Folder links are followed only when they stay inside ``roots`` (or ``follow_links``);
     a folder reached twice (a link loop) is read once. ``report_name(path)`` words paths.
     """
+    return walk_files(folder, roots, report_name, (".xml",))
+
+
+def walk_files(
+    folder: str | os.PathLike, roots: Roots, report_name, suffixes: tuple[str, ...]
+) -> Iterator[tuple[str, Problem | None]]:
+    """``walk_xml`` for files whose lower-case name ends with one of ``suffixes``."""
     seen: set[str] = set()
 
     def walk(d: str) -> Iterator[tuple[str, Problem | None]]:
@@ -81,23 +88,23 @@ def walk_xml(folder: str | os.PathLike, roots: Roots, report_name) -> Iterator[t
                 is_dir = e.is_dir()  # follows links
                 mode = e.stat().st_mode
             except OSError:  # a dangling link
-                if e.name.lower().endswith(".xml"):
+                if e.name.lower().endswith(suffixes):
                     yield e.path, Problem(report_name(e.path), "is a broken link; not read", SKIPPED_IMAGE)
                 continue
-            is_xml = e.name.lower().endswith(".xml")
+            wanted = e.name.lower().endswith(suffixes)
             bad_name = name_problem(e.name)
             if bad_name:
-                if is_dir or is_xml:
+                if is_dir or wanted:
                     yield e.path, Problem(shown(report_name(e.path)), bad_name, SKIPPED_IMAGE)
                 continue
-            if is_dir and not is_xml:
+            if is_dir and not wanted:
                 why = roots.refuse(e.path) if e.is_symlink() else None
                 if why:
                     yield e.path, Problem(report_name(e.path) + "/", f"folder {why}", SKIPPED_IMAGE)
                 else:
                     yield from walk(e.path)
                 continue
-            if not is_xml:
+            if not wanted:
                 continue
             if not stat.S_ISREG(mode):
                 yield e.path, Problem(report_name(e.path), f"not a regular file ({kind_of(mode)}); not read",

@@ -40,6 +40,10 @@ K_VIEW = "image/object/view"
 K_AREA = "image/object/area"
 K_IS_CROWD = "image/object/is_crowd"
 
+# Classification (Model Garden's classification_input.Decoder reads image/encoded + image/class/label).
+K_CLASS_LABEL = "image/class/label"  # 0-based: label map id - 1, the line of labels.txt
+K_CLASS_TEXT = "image/class/text"
+
 _SOURCE_ID_MOD = 2**31 - 1  # ids in [1, 2**31 - 1): safe through Model Garden's int32/float paths
 
 
@@ -129,7 +133,7 @@ def _b(s: str | bytes) -> bytes:
 # Tests check the result against protobuf serialising it all.
 
 _ENCODED_KEY = b"\x0a\x0d" + K_ENCODED.encode("ascii") + b"\x12"  # entry: key field, then the value's tag
-assert K_ENCODED == min(v for k, v in dict(globals()).items() if k.startswith("K_"))
+assert K_ENCODED == min(v for k, v in dict(globals()).items() if k.startswith("K_") and "/class/" not in v)
 
 
 def _varint(n: int) -> bytes:
@@ -225,6 +229,30 @@ def encode_example(
             source_id=source_id, boxes=boxes, class_ids=class_ids,
         )
     )
+
+
+def encode_classification_example(
+    *, image_bytes: bytes, image_format: str, width: int, height: int, filename: str, source_id: int,
+    label: int, text: str,
+) -> bytes:
+    """Serialized ``tf.train.Example`` of one labelled image (``label`` 0-based), deterministic.
+
+    Built whole by protobuf: image/class/* sort before image/encoded, so the detection
+    encoder's framing (image entry first) does not apply, and one copy of a crop-sized
+    image costs little.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{filename}: image size {width}x{height} is not positive")
+    if isinstance(label, bool) or int(label) < 0:
+        raise ValueError(f"{filename}: class label must be a non-negative integer, got {label!r}")
+    ex = _example_class()()
+    f = ex.features.feature
+    for key, value in ((K_ENCODED, image_bytes), (K_FORMAT, _b(image_format.lower())), (K_FILENAME, _b(filename)),
+                       (K_SOURCE_ID, str(int(source_id)).encode("ascii")), (K_CLASS_TEXT, _b(text))):
+        f[key].bytes_list.value.append(value)
+    for key, value in ((K_CLASS_LABEL, int(label)), (K_HEIGHT, int(height)), (K_WIDTH, int(width))):
+        f[key].int64_list.value.append(value)
+    return ex.SerializeToString(deterministic=True)
 
 
 @dataclass(frozen=True)

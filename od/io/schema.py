@@ -26,6 +26,7 @@ MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 
 REPORT_VERSION = 1
+TASKS = ("detection", "classification")  # report.json "task"; absent: detection (reports before it)
 MODEL_FORMAT = "od-export"
 MODEL_VERSION = 1
 METRICS_VERSION = 1
@@ -163,6 +164,9 @@ def parse_report(text: str, where: str) -> dict:
             raise SchemaError(f"{where}: splits.{name}.files must be shard names like {shard_name(name, 0, 1)}; {_REPORT_FIX}")
         _expect(sp, "num_images", int, f"{where}: splits.{name}", _REPORT_FIX, optional=True)
     _expect(data, "label_map", str, where, _REPORT_FIX, optional=True)
+    task = _expect(data, "task", str, where, _REPORT_FIX, optional=True)
+    if task is not None and task not in TASKS:
+        raise SchemaError(f"{where}: unknown task {task!r} (od knows {', '.join(TASKS)}); {_REPORT_FIX}")
     if "classes" in data:
         parse_classes(data["classes"], where)
     return data
@@ -170,6 +174,11 @@ def parse_report(text: str, where: str) -> dict:
 
 def read_report(path: str | os.PathLike) -> dict:
     return parse_report(_read_text(path, _REPORT_FIX), str(path))
+
+
+def report_task(report: Mapping) -> str:
+    """What the records are for: ``detection`` or ``classification``."""
+    return report.get("task") or "detection"
 
 
 def report_shards(report: Mapping) -> set[str]:
