@@ -8,7 +8,7 @@ import sys
 from od.console import EXIT_OK, EXIT_USAGE, error, note_default, print_table
 from od.data.synthetic import DEFAULT_NUM_IMAGES, DEFAULT_SEED, generate
 from od.io.files import atomic_dir
-from od.options import add_common, add_force, positive_int, quiet_tensorflow
+from od.options import add_common, add_force, non_negative_int, positive_int, quiet_tensorflow
 
 DEFAULT_OUT = "annotations/demo"
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out", help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--num-images", type=positive_int, default=None, help=f"number of images (default {DEFAULT_NUM_IMAGES})")
-    ap.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT_SEED})")
+    ap.add_argument("--seed", type=non_negative_int, default=None, help=f"random seed (default {DEFAULT_SEED})")
     add_force(ap, "an existing --out folder")
     add_common(ap)
     return ap

@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gallery(p, 0, f"{GALLERY_FILE}, a grid of sampled examples with their boxes")
     p.add_argument("--out", metavar="DIR", help=f"where {GALLERY_FILE} goes (default: the folder of the first record file)")
     add_force(p, f"an existing {GALLERY_FILE} in --out")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing gallery examples (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for choosing gallery examples (default 0)")
     p.add_argument("--max-problems", type=non_negative_int, default=50, metavar="N",
                    help="print at most N problems (all are counted; default 50, 0 = all)")
     add_common(p)

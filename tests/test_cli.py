@@ -59,7 +59,6 @@ CONCEPTS = {
     "--gallery": {"inspect", "evaluate"},
     "--out": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
     "--force": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
-    # train's --seed comes from branch h-learn: this fails on h-cli alone until that merge.
     "--seed": {"train", "demo"},
 }
 HELP_WORDS = {"--score-threshold": "minimum score", "--max-detections": "at most N boxes", "--force": "replace",

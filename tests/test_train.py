@@ -230,3 +230,26 @@ def test_strategy_on_this_cpu_is_one_device_without_gpus():
     assert params.runtime.distribution_strategy == "one_device" and params.runtime.num_gpus == 0
     assert params.runtime.mixed_precision_dtype == "float32"  # bf16 on a CPU is slow: refused
     assert params.task.train_data.dtype == "float32"
+
+
+@pytest.mark.slow
+def test_same_seed_repeats_weights_and_another_seed_does_not(demo_records, tmp_path):
+    """--seed: bit-identical step-2 weights (op determinism on a CPU); another seed, other initial weights."""
+    import numpy as np
+    import tensorflow as tf
+    import yaml
+
+    def train(name: str, seed: int):
+        md = tmp_path / name
+        p = _run(["--config", "faster_rcnn_resnet18_fpn_cpu", "--records", str(demo_records / "records"),
+                  "--model-dir", str(md), "--steps", "2", "--no-eval", "--seed", str(seed), *TINY])
+        assert f"seed {seed}," in p.stderr and yaml.safe_load((md / "od.yaml").read_text())["seed"] == seed
+        r = tf.train.load_checkpoint(str(md / "ckpt-2"))
+        return {k: r.get_tensor(k) for k in r.get_variable_to_shape_map()}
+
+    a, b, c = train("a", 7), train("b", 7), train("c", 8)
+    assert a.keys() == b.keys() and len(a) > 100
+    same = [k for k in a if np.array_equal(a[k], b[k])]
+    assert len(same) == len(a), f"{len(a) - len(same)} of {len(a)} variables differ with the same seed"
+    kernels = [k for k in a if k.endswith("kernel/.ATTRIBUTES/VARIABLE_VALUE")]
+    assert kernels and not [k for k in kernels if np.array_equal(a[k], c[k])], "another seed, same kernels"
