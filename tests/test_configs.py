@@ -77,6 +77,16 @@ def test_set_overrides_with_yaml_values(tmp_path):
     assert p.task.train_data.parser.aug_rand_hflip is False
 
 
+def test_an_int_for_a_float_field_becomes_a_float(tmp_path):
+    """`--set ...initial_learning_rate=0` (YAML reads an int) must not reach TensorFlow as int32."""
+    rec = _records(tmp_path)
+    r = render(CPU, str(rec), overrides=["trainer.optimizer_config.learning_rate.cosine.initial_learning_rate=0",
+                                         "trainer.train_steps=7"])
+    lr = r.params.trainer.optimizer_config.learning_rate.cosine.initial_learning_rate
+    assert lr == 0.0 and isinstance(lr, float)
+    assert r.params.trainer.train_steps == 7 and isinstance(r.params.trainer.train_steps, int)
+
+
 @pytest.mark.parametrize("key,suggestion", [
     ("trainer.train_step", "trainer.train_steps"),
     ("task.model.num_clases", "task.model.num_classes"),

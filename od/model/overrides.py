@@ -134,3 +134,21 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def match_number_types(params: Any, dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """An int given for a float field becomes a float (YAML reads ``=0`` as an int, and Model Garden
+    would pass it on: a learning rate of int 0 fails deep in TensorFlow with a dtype error)."""
+    out = dict(dotted)
+    for key, v in dotted.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            continue
+        *path, name = key.split(".")
+        node: Any = params
+        for part in path:
+            node = getattr(node, part, None)
+        field = getattr(node, "__dataclass_fields__", {}).get(name)
+        declared = str(field.type) if field is not None else ""
+        if isinstance(getattr(node, name, None), float) or ("float" in declared and "int" not in declared):
+            out[key] = float(v)
+    return out

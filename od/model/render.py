@@ -21,6 +21,7 @@ from od.model.overrides import (
     check_keys,
     deep_merge,
     flatten,
+    match_number_types,
     nest,
     parse_set_values,
     substitute,
@@ -80,7 +81,7 @@ def render(
     values["validation_steps"] = max(1, math.ceil(values["num_val_examples"] / eval_bs))
     values["steps_per_epoch"] = max(1, math.ceil(values["num_train_examples"] / train_bs))
     values["train_steps"] = _num("trainer.train_steps", params.trainer.train_steps)
-    merged = substitute(merged, values)
+    merged = nest(match_number_types(params, flatten(substitute(merged, values))))
 
     try:
         params.override(merged, is_strict=True)
