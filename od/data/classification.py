@@ -16,7 +16,7 @@ from pathlib import Path
 from od.core import SKIPPED_IMAGE, Problem
 from od.data.inputs import IMAGE_SUFFIXES
 from od.data.layout import Layout, UsageError
-from od.data.plan import Item, Plan, _rel
+from od.data.plan import Item, Plan, _rel, unique_source_id
 from od.data.splits import _split_of_digest
 from od.data.walk import Roots, name_problem, walk_files
 from od.io.files import shown
@@ -103,7 +103,6 @@ def plan_classification(
 
     Raises UsageError for a class folder without images and for fewer than two classes.
     """
-    from od.io.example import _source_id_of_digest, source_id_for
 
     root = layout.root
     roots = Roots.of(root, follow_links=follow_links)
@@ -141,12 +140,7 @@ def plan_classification(
     for split, cls, path in found_images:
         key = _rel(path, root)  # with its suffix: cat/a.jpg and cat/a.png are two images
         digest = hashlib.sha256(key.encode("utf-8")).digest()
-        sid = _source_id_of_digest(digest)
-        bump = 0
-        while sid in used_ids:  # rare hash collision: deterministic re-hash
-            bump += 1
-            sid = source_id_for(f"{key}#{bump}")
-        used_ids.add(sid)
+        sid = unique_source_id(key, digest, used_ids)
         try:
             size = os.stat(path).st_size
         except OSError:

@@ -175,7 +175,6 @@ def plan_dataset(
     follow_links: bool = False,
 ) -> Plan:
     """Read every XML, resolve images, classes, duplicates and splits (no pixels read)."""
-    from od.io.example import _source_id_of_digest, source_id_for
 
     root = layout.root
     roots = Roots.of(root, *layout.explicit, follow_links=follow_links)
@@ -227,12 +226,7 @@ def plan_dataset(
             problems_by_xml.setdefault(name, []).append(Problem(
                 name, f"class {cls!r} is not in the label map {label_map_path}; {n} box{'es' if n > 1 else ''} "
                 "dropped (pass --add-classes to add it)", DROPPED_BOX))
-        sid = _source_id_of_digest(digest)  # == source_id_for(key)
-        bump = 0
-        while sid in used_ids:  # rare hash collision: deterministic re-hash
-            bump += 1
-            sid = source_id_for(f"{key}#{bump}")
-        used_ids.add(sid)
+        sid = unique_source_id(key, digest, used_ids)
         try:
             size = os.stat(ann.image_path).st_size
         except OSError:
@@ -284,3 +278,17 @@ def make_shard_tasks(
             final = out / shard_name(split, i, n)
             tasks.append(ShardTask(split, str(final), temp_name(final), tuple(items[i::n]), name_to_id, dry_run))
     return tasks
+
+
+def unique_source_id(key: str, digest: bytes, used_ids: set[int]) -> int:
+    """``source_id_for(key)`` (from its sha256 ``digest``), re-hashed deterministically in the rare
+    case it collides with one in ``used_ids``; the id is added to ``used_ids``."""
+    from od.io.example import _source_id_of_digest, source_id_for
+
+    sid = _source_id_of_digest(digest)
+    bump = 0
+    while sid in used_ids:
+        bump += 1
+        sid = source_id_for(f"{key}#{bump}")
+    used_ids.add(sid)
+    return sid
