@@ -136,14 +136,14 @@ def parse_classes(value: Any, where: str) -> dict[int, str]:
     return out
 
 
-def _expect(data: Mapping, key: str, types: type | tuple, where: str, fix: str, optional: bool = False) -> Any:
+def _expect(data: Mapping, key: str, kind: type, where: str, fix: str, optional: bool = False) -> Any:
     if key not in data or data[key] is None:
         if optional:
             return None
         raise SchemaError(f"{where}: no '{key}'; {fix}")
     v = data[key]
-    if not isinstance(v, types) or isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise SchemaError(f"{where}: '{key}' is {type(v).__name__}, not {getattr(types, '__name__', types)}; {fix}")
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):  # JSON true is not a count
+        raise SchemaError(f"{where}: '{key}' is {type(v).__name__}, not {kind.__name__}; {fix}")
     return v
 
 
