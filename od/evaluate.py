@@ -53,7 +53,7 @@ def collect(
     """Run ``detector`` over the records; ground truth decoded from the same records."""
     from od.io.example import ExampleError, decode_example
     from od.io.tfrecord import count_records
-    from od.model.inference import iter_record_images
+    from od.model.inference import iter_record_images, valid_outputs
 
     gts: list[ImageGroundTruth] = []
     preds: list[ImagePredictions] = []
@@ -73,11 +73,8 @@ def collect(
         if bar is not None:
             bar.update(1)
         h, w = image.shape[:2]
-        raw = detector.raw(image)
-        k = int(np.asarray(raw.get("num_detections", len(raw["detection_scores"]))).reshape(-1)[0])
-        yxyx = np.asarray(raw["detection_boxes"], np.float64).reshape(-1, 4)[:k] * np.array([h, w, h, w], np.float64)
-        scores = np.asarray(raw["detection_scores"]).reshape(-1)[:k]
-        cls = np.rint(np.asarray(raw["detection_classes"], np.float64).reshape(-1)[:k]).astype(np.int64)
+        yxyx, scores, cls = valid_outputs(detector.raw(image))
+        yxyx = yxyx * np.array([h, w, h, w], np.float64)
         try:
             ex = decode_example(serialized)
         except ExampleError as e:

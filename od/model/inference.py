@@ -139,13 +139,7 @@ class Detector:
         """Filter (score, class, count) and convert normalised yxyx boxes to pixel Detections."""
         import numpy as np
 
-        boxes = np.asarray(raw["detection_boxes"], dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(raw["detection_scores"], dtype=np.float64).reshape(-1)
-        classes = np.rint(np.asarray(raw["detection_classes"], dtype=np.float64).reshape(-1)).astype(np.int64)
-        n = len(scores)
-        if "num_detections" in raw:
-            n = min(n, int(np.asarray(raw["num_detections"]).reshape(-1)[0]))
-        boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
+        boxes, scores, classes = valid_outputs(raw)
         keep = scores >= score_threshold
         if class_ids is not None:
             keep &= np.isin(classes, np.fromiter(class_ids, dtype=np.int64))
@@ -180,6 +174,20 @@ class Detector:
         arr = image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
         h, w = arr.shape[:2]
         return self.postprocess(self.raw(arr), w, h, score_threshold, class_ids, max_detections)
+
+
+def valid_outputs(raw: dict[str, "np.ndarray"]) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
+    """The first ``num_detections`` entries of OD API outputs: normalised yxyx boxes and scores as
+    float64, class ids as int64 (float ids rounded)."""
+    import numpy as np
+
+    boxes = np.asarray(raw["detection_boxes"], dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(raw["detection_scores"], dtype=np.float64).reshape(-1)
+    classes = np.rint(np.asarray(raw["detection_classes"], dtype=np.float64).reshape(-1)).astype(np.int64)
+    n = len(scores)
+    if "num_detections" in raw:
+        n = min(n, int(np.asarray(raw["num_detections"]).reshape(-1)[0]))
+    return boxes[:n], scores[:n], classes[:n]
 
 
 def load_detector(model: str | None = None, label_map: str | None = None) -> Detector:
