@@ -20,6 +20,7 @@ from od.console import EXIT_OK, EXIT_USAGE, error, note_default, print_table, wa
 from od.io.files import atomic_dir, read_file
 from od.io.schema import METRICS_FILE, MODEL_FILE, SchemaError, metrics_summary, read_metrics, write_model_json
 from od.model.errors import ConfigError
+from od.model.templates import task_of
 from od.model.model_dir import BEST_DIR, EVAL_DIR
 from od.model.serving import INPUT_NAME, SIGNATURES
 from od.model.tflite import PAD_RGB, TFLITE_FILE, TFLITE_MODES
@@ -31,6 +32,9 @@ from od.options import (
     positive_int,
     quiet_tensorflow,
 )
+
+
+LABELS_FILE = "labels.txt"
 
 
 class ExportError(ConfigError):
@@ -151,11 +155,19 @@ def export_model(
     from official.core import export_base
 
     params, header = load_model_dir(model_dir)
-    retinanet = is_retinanet(params)
+    classifier = task_of(params) == "classification"
+    retinanet = not classifier and is_retinanet(params)
+    if tflite and classifier:
+        raise ExportError(f"--tflite is for detection exports; {model_dir} is a classifier (its SavedModel is exported)")
     if tflite and not retinanet:
         raise ExportError(tflite_unsupported_message(model_dir, header))
     mg_classes = int(params.task.model.num_classes)
-    if label_map.num_classes >= mg_classes:
+    if classifier and label_map.num_classes != mg_classes:
+        raise ExportError(
+            f"{model_dir / 'label_map.pbtxt'} has {label_map.num_classes} classes but the classifier predicts "
+            f"{mg_classes}: label map and run do not match"
+        )
+    if not classifier and label_map.num_classes >= mg_classes:
         raise ExportError(
             f"{model_dir / 'label_map.pbtxt'} has ids up to {label_map.num_classes} but the model predicts "
             f"{mg_classes - 1} classes (num_classes={mg_classes} with background): label map and run do not match"
@@ -170,27 +182,56 @@ def export_model(
         calib_files = calibration_files(str(spec))
 
     ckpt = choose_checkpoint(model_dir, checkpoint)
-    eparams = export_params(params, max_detections, score_threshold)
-    module = build_module(eparams)
-    input_size = [int(v) for v in eparams.task.model.input_size[:2]]
-    canvas = padded_size(eparams)
-    gen = eparams.task.model.detection_generator
-
     info: dict[str, Any] = {
         "name": out.resolve().name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model_dir": str(model_dir.resolve()),
         "template": header.get("template"),
-        "architecture": "retinanet" if retinanet else "faster_rcnn",
+        "task": "classification" if classifier else "detection",
+    }
+    if classifier:
+        if max_detections is not None or score_threshold is not None:
+            raise ExportError("--max-detections / --score-threshold are detection settings; a classifier returns "
+                              "every class's probability (od.classify --top-k / --threshold choose what to show)")
+        from od.model.classifier import build_classification_module
+
+        eparams = params
+        module = build_classification_module(params)
+        input_size = [int(v) for v in params.task.model.input_size[:2]]
+        info.update(architecture=f"classifier ({params.task.model.backbone.type})", input_size=input_size,
+                    labels_file=LABELS_FILE)
+        outputs = {
+            "probabilities": "float32 [batch, num_classes] softmax; column i is labels.txt line i (label-map id i+1)",
+            "classes": "int64 [batch] the most likely column (labels.txt line, label-map id - 1)",
+        }
+        preprocess = f"centre crop {params.task.validation_data.center_crop_fraction} of the shorter side, resize to " \
+                     f"{input_size[0]}x{input_size[1]} (bilinear), in the graph"
+        info["preprocess"] = preprocess
+    else:
+        eparams = export_params(params, max_detections, score_threshold)
+        module = build_module(eparams)
+        input_size = [int(v) for v in eparams.task.model.input_size[:2]]
+        canvas = padded_size(eparams)
+        gen = eparams.task.model.detection_generator
+        info.update(
+            architecture="retinanet" if retinanet else "faster_rcnn",
+            input_size=input_size,
+            padded_input_size=canvas,
+            keep_aspect_ratio=bool(eparams.task.train_data.parser.keep_aspect_ratio),
+            max_detections=int(gen.max_num_detections),
+            score_threshold=float(gen.pre_nms_score_threshold),
+            nms_iou_threshold=float(gen.nms_iou_threshold),
+        )
+        outputs = {
+            "detection_boxes": "float32 [batch, max_detections, 4] ymin, xmin, ymax, xmax normalised to the original image",
+            "detection_scores": "float32 [batch, max_detections], sorted high to low",
+            "detection_classes": "float32 [batch, max_detections] label-map ids",
+            "num_detections": "float32 [batch] valid entries in the arrays above",
+        }
+    info.update({
         "classes": [{"id": i, "name": n} for i, n in label_map.items],
         "num_classes": len(label_map),
-        "input_size": input_size,
-        "padded_input_size": canvas,
-        "keep_aspect_ratio": bool(eparams.task.train_data.parser.keep_aspect_ratio),
         "checkpoint": {"path": str(Path(ckpt.path).resolve()), "kind": ckpt.kind, "step": ckpt.step},
-        "max_detections": int(gen.max_num_detections),
-        "score_threshold": float(gen.pre_nms_score_threshold),
-        "nms_iou_threshold": float(gen.nms_iou_threshold),
         "signatures": {
             name: {
                 "input": INPUT_NAME,
@@ -204,14 +245,9 @@ def export_model(
             }
             for name, kind in SIGNATURES.items()
         },
-        "outputs": {
-            "detection_boxes": "float32 [batch, max_detections, 4] ymin, xmin, ymax, xmax normalised to the original image",
-            "detection_scores": "float32 [batch, max_detections], sorted high to low",
-            "detection_classes": "float32 [batch, max_detections] label-map ids",
-            "num_detections": "float32 [batch] valid entries in the arrays above",
-        },
+        "outputs": outputs,
         "versions": _versions(),
-    }
+    })
     metrics_file = model_dir / EVAL_DIR / METRICS_FILE
     if metrics_file.is_file():
         try:
@@ -249,6 +285,8 @@ def export_model(
             )
             shutil.copyfile(model_dir / "label_map.pbtxt", tmp / "label_map.pbtxt")
             shutil.copyfile(model_dir / "pipeline.yaml", tmp / "pipeline.yaml")
+            if classifier:  # what label_image.py reads: one class a line, in label order
+                (tmp / LABELS_FILE).write_text("".join(f"{n}\n" for _, n in label_map.items), encoding="utf-8")
             if tflite:
                 calib = None
                 if calib_files is not None:
@@ -293,12 +331,15 @@ def print_summary(info: dict) -> None:
         ("classes", ", ".join(f"{c['id']}:{c['name']}" for c in info["classes"])),
         ("input size", "x".join(map(str, info["input_size"])) + " (any image size accepted)"),
         ("signatures", ", ".join(info["signatures"]) + f" (input: {INPUT_NAME})"),
-        ("max detections", info["max_detections"]),
-        ("score threshold", info["score_threshold"]),
+        ("outputs", ", ".join(info["outputs"])),
     ]
+    if info.get("task") == "classification":
+        rows.append(("labels", f"{info['labels_file']} (line i = probabilities column i)"))
+    else:
+        rows += [("max detections", info["max_detections"]), ("score threshold", info["score_threshold"])]
     vm = info.get("val_metrics")
     if isinstance(vm, dict):
-        for key in ("AP50", "AP"):
+        for key in ("top1", "top5", "AP50", "AP"):
             if isinstance(vm.get(key), (int, float)):
                 rows.append((f"val {key}", f"{vm[key]:.4f}"))
     if info.get("tflite"):

@@ -165,8 +165,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_record_labels(params, num_classes: int, report: dict | None) -> None:
-    """Labels > num_classes crash deep inside the loss (or silently vanish): find them first.
+def check_record_labels(params, num_classes: int, report: dict | None, task: str = "detection") -> None:
+    """Labels >= num_classes crash deep inside the loss (or silently vanish): find them first.
 
     With od's report.json the label map check in od.model.render already covers it; otherwise one quick
     pass over the label feature only (no image decoding).
@@ -177,17 +177,19 @@ def check_record_labels(params, num_classes: int, report: dict | None) -> None:
 
     from od.model.errors import ConfigError
 
+    key = "image/class/label" if task == "classification" else "image/object/class/label"
     files = paths.glob(str(params.task.train_data.input_path)) + paths.glob(
         str(params.task.validation_data.input_path))
     ds = tf.data.TFRecordDataset(files).map(
-        lambda s: tf.io.parse_single_example(s, {"image/object/class/label": tf.io.VarLenFeature(tf.int64)}),
+        lambda s: tf.io.parse_single_example(s, {key: tf.io.VarLenFeature(tf.int64)}),
         num_parallel_calls=tf.data.AUTOTUNE)
     top = 0
-    for ex in ds.map(lambda e: tf.reduce_max(tf.concat([e["image/object/class/label"].values, [0]], 0))):
+    for ex in ds.map(lambda e: tf.reduce_max(tf.concat([e[key].values, [0]], 0))):
         top = max(top, int(ex))
     if top > num_classes - 1:
+        what = "label" if task == "classification" else "class id"
         raise ConfigError(
-            f"the records contain class id {top} but task.model.num_classes={num_classes} allows ids up to "
+            f"the records contain {what} {top} but task.model.num_classes={num_classes} allows up to "
             f"{num_classes - 1}; the label map does not match the records (re-run python -m od.records)"
         )
 
@@ -203,7 +205,7 @@ def _cpu() -> float:
 class Progress:
     """Orbit train action: a bar from the loop's outputs (already computed; costs nothing extra)."""
 
-    LOSS_KEYS = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss", "frcnn_box_loss",
+    LOSS_KEYS = ("total_loss", "training_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss", "frcnn_box_loss",
                  "cls_loss", "box_loss", "model_loss")
 
     def __init__(self, global_step, total: int, start: int, quiet: bool = False):
@@ -260,8 +262,7 @@ class Progress:
     def eval_done(self, output) -> dict:
         step = int(self.global_step.numpy())
         metrics = _scalars(output)
-        msg = (f"val @ step {step}: AP50={metrics.get('AP50', float('nan')):.3f} "
-               f"AP={metrics.get('AP', float('nan')):.3f} AR@100={metrics.get('ARmax100', float('nan')):.3f}")
+        msg = f"val @ step {step}: " + headline(metrics)
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         else:
@@ -274,6 +275,17 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def headline(metrics: dict) -> str:
+    """The validation numbers worth a line: accuracy for a classifier, AP for a detector."""
+    nan = float("nan")
+    if "accuracy" in metrics:
+        top = next((k for k in metrics if k.startswith("top_") and k.endswith("_accuracy")), None)
+        extra = f" {top.replace('_accuracy', '')}={metrics[top]:.3f}" if top else ""
+        return f"accuracy={metrics['accuracy']:.3f}{extra} loss={metrics.get('validation_loss', nan):.3f}"
+    return (f"AP50={metrics.get('AP50', nan):.3f} AP={metrics.get('AP', nan):.3f} "
+            f"AR@100={metrics.get('ARmax100', nan):.3f}")
 
 
 class EvalHook:
@@ -338,7 +350,7 @@ def run(args) -> int:
             if old_steps != params.trainer.train_steps:
                 r = render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"])
                 params, header = r.params, dict(r.header, seed=args.seed)
-        check_record_labels(params, params.task.model.num_classes, r.report)
+        check_record_labels(params, params.task.model.num_classes, r.report, header.get("task", "detection"))
     except ConfigError as e:
         error(str(e))
         return EXIT_USAGE
@@ -406,6 +418,8 @@ def run(args) -> int:
         from od.model.finetune import restore_for_finetune
 
         modules = header.get("init_checkpoint_modules") or ["backbone", "decoder"]
+        if header.get("task") == "classification":
+            modules = ["backbone"]  # the head is the user's classes: always new
 
         def _initialize(model, _path=init_path, _modules=modules):
             restore_for_finetune(model, _path, modules=_modules)
@@ -457,11 +471,12 @@ def run(args) -> int:
     finally:
         progress.close()
     wall = time.monotonic() - t0
-    summarize(model_dir, progress, evals, start, total, wall)
+    summarize(model_dir, progress, evals, start, total, wall, params.trainer.best_checkpoint_eval_metric or "AP50")
     return status
 
 
-def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, total: int, wall: float) -> None:
+def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, total: int, wall: float,
+              best_metric: str = "AP50") -> None:
     rows: list[list[object]] = []
     done = (progress.history[-1][0] if progress.history else start) - start
     sps = done / progress.train_seconds if progress.train_seconds else 0.0
@@ -474,15 +489,17 @@ def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, t
         rows.append(["CPU s/step (all threads)", f"{steady[1]:.2f}"])
     if progress.history:
         last = progress.history[-1][1]
-        for k in ("total_loss", "learning_rate"):
+        for k in ("total_loss", "loss", "learning_rate"):
             if k in last:
                 rows.append([f"final {k}", f"{last[k]:.4g}"])
     if evals.results:
         step, m = evals.results[-1]
-        rows.append([f"val AP50 @ {step}", f"{m.get('AP50', float('nan')):.3f}"])
-        rows.append([f"val AP @ {step}", f"{m.get('AP', float('nan')):.3f}"])
-        best_step, best = max(evals.results, key=lambda t: t[1].get("AP50", -1))
-        rows.append(["best val AP50", f"{best.get('AP50', float('nan')):.3f} @ step {best_step}"])
+        keys = ("accuracy",) + tuple(k for k in m if k.startswith("top_") and k.endswith("_accuracy")) \
+            if "accuracy" in m else ("AP50", "AP")
+        for k in keys:
+            rows.append([f"val {k} @ {step}", f"{m.get(k, float('nan')):.3f}"])
+        best_step, best = max(evals.results, key=lambda t: t[1].get(best_metric, -1))
+        rows.append([f"best val {best_metric}", f"{best.get(best_metric, float('nan')):.3f} @ step {best_step}"])
     rows.append(["model dir", model_dir])
     print_table(["od.train", "value"], rows, file=sys.stderr)
 

@@ -34,6 +34,7 @@ METRICS_VERSION = 1
 # The headline numbers of metrics.json that model.json repeats (plot data and matrices left out).
 METRICS_SUMMARY_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "voc_mAP50",
+    "task", "top1", "top5", "macro_f1",
     "num_images", "num_gt_boxes", "split", "step", "checkpoint", "created",
 )  # fmt: skip
 
@@ -241,6 +242,6 @@ def metrics_summary(metrics: Mapping) -> dict:
     per_class = metrics.get("per_class")
     if isinstance(per_class, list):
         out["per_class"] = [
-            {k: c[k] for k in ("id", "name", "AP", "AP50", "voc_AP50") if k in c} for c in per_class if isinstance(c, dict)
+            {k: c[k] for k in ("id", "name", "AP", "AP50", "voc_AP50", "precision", "recall", "f1", "support") if k in c} for c in per_class if isinstance(c, dict)
         ]
     return out

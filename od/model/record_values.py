@@ -101,10 +101,16 @@ def resolve_label_map(records_dir: str, label_map: str | None, report: dict | No
     )
 
 
-def record_values(records_dir: str, report: dict | None, label_map) -> dict[str, Any]:
-    """Placeholder values that come from the records and the label map."""
+def record_values(records_dir: str, report: dict | None, label_map, task: str = "detection") -> dict[str, Any]:
+    """Placeholder values that come from the records and the label map.
+
+    ``num_classes`` is the classes + 1 for detection (id 0 is background) and the classes themselves
+    for classification (labels 0..n-1 = label-map id - 1); ``top_k`` is min(5, classes).
+    """
+    n = int(label_map.num_classes)
     values: dict[str, Any] = {
-        "num_classes": int(label_map.num_classes) + 1,
+        "num_classes": n + 1 if task == "detection" else n,
+        "top_k": min(5, n),
         "train_glob": split_glob(records_dir, "train"),
         "val_glob": split_glob(records_dir, "val"),
         "label_map": None,

@@ -27,7 +27,7 @@ from od.model.overrides import (
     substitute,
 )
 from od.model.record_values import read_report, record_values, resolve_label_map
-from od.model.templates import HEADER_KEYS, base_config, load_template
+from od.model.templates import HEADER_KEYS, base_config, load_template, task_of
 
 
 @dataclasses.dataclass
@@ -61,10 +61,10 @@ def render(
 
     report = read_report(records_dir)
     lm, lm_path = resolve_label_map(records_dir, label_map, report)
-    values = record_values(records_dir, report, lm)
-    values["label_map"] = lm_path
-
     params = base_config(header["base_experiment"])
+    task = task_of(params)
+    values = record_values(records_dir, report, lm, task)
+    values["label_map"] = lm_path
     check_keys(params, flatten(experiment).keys())
     check_keys(params, mg_sets.keys())
 
@@ -96,6 +96,7 @@ def render(
         raise ConfigError(f"invalid experiment config: {e}") from e
 
     header.update(
+        task=task,
         records=str(records_dir),
         label_map=lm_path,
         classes=[{"id": i, "name": n} for i, n in lm.items],
@@ -124,7 +125,26 @@ def validate(r: Rendered, check_records: bool = True) -> None:
     """Fail now, with a message that says what to do, instead of after minutes of graph building."""
     p = r.params
     n_classes = r.label_map.num_classes
-    if p.task.model.num_classes != n_classes + 1:
+    task = r.header.get("task", "detection")
+    if r.report:
+        from od.io.schema import report_task
+
+        written = report_task(r.report)
+        if written != task:
+            raise ConfigError(
+                f"the records in {r.header.get('records')} were written for {written} but the template "
+                f"{r.header.get('template')} trains {task}; pick a {written} template (python -m od.configs list)"
+            )
+    if task == "classification":
+        if p.task.model.num_classes != n_classes:
+            raise ConfigError(
+                f"task.model.num_classes={p.task.model.num_classes} but the label map {r.label_map_path} has "
+                f"{n_classes} classes; a classifier needs exactly that many (no background class). "
+                "Drop the --set or fix the label map."
+            )
+        if n_classes < 2:
+            raise ConfigError(f"the label map {r.label_map_path} has {n_classes} class; a classifier needs at least 2")
+    elif p.task.model.num_classes != n_classes + 1:
         raise ConfigError(
             f"task.model.num_classes={p.task.model.num_classes} but the label map {r.label_map_path} has "
             f"{n_classes} classes (max id {n_classes}); it must be classes + 1 = {n_classes + 1} "

@@ -70,6 +70,14 @@ def load_template(name_or_path: str | os.PathLike) -> tuple[dict, dict, Path]:
     return header, dict(doc["experiment"] or {}), path
 
 
+def task_of(params) -> str:
+    """``classification`` for Model Garden's image classification task, else ``detection``: the
+    template's base experiment decides what od.train / evaluate / export do."""
+    from official.vision.configs.image_classification import ImageClassificationTask
+
+    return "classification" if isinstance(params.task, ImageClassificationTask) else "detection"
+
+
 def base_config(name: str):
     import official.vision  # noqa: F401  (registers the vision experiments)
     from official.core import exp_factory
