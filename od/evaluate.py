@@ -245,7 +245,16 @@ def _run(args: argparse.Namespace) -> int:
     except (LabelMapError, OSError) as e:
         raise ConfigError(str(e)) from None
     classes = dict(label_map.items)
-    if params is not None and not export_dir and params.task.model.num_classes != label_map.num_classes + 1:
+    from od.model.templates import task_of
+
+    task = task_of(params) if params is not None and not export_dir else (model_json or {}).get("task", "detection")
+    if task == "classification" and params is not None and not export_dir:
+        if params.task.model.num_classes != label_map.num_classes:
+            raise ConfigError(
+                f"the classifier has num_classes={params.task.model.num_classes} but {lm_path} has "
+                f"{label_map.num_classes} classes; pass the label map the model was trained with (--label-map)"
+            )
+    elif params is not None and not export_dir and params.task.model.num_classes != label_map.num_classes + 1:
         raise ConfigError(
             f"the model has num_classes={params.task.model.num_classes} but {lm_path} has "
             f"{label_map.num_classes} classes (needs {label_map.num_classes + 1} incl. background); "
@@ -292,6 +301,8 @@ def _run(args: argparse.Namespace) -> int:
         ckpt = choose_checkpoint(model_dir, args.checkpoint)
         info.update(checkpoint=ckpt.path, checkpoint_choice=ckpt.kind, step=ckpt.step)
     _check_earlier(out_dir, info, args.force)  # before the seconds a model load takes
+    if task == "classification":
+        return _evaluate_classifier(args, source, params, info, classes, out_dir)
     if source is not None:
         detector = Detector.load(source, classes)
     else:
@@ -334,6 +345,93 @@ def _run(args: argparse.Namespace) -> int:
     print(f"od: AR@100 {_fmt(metrics['AR100'])}; wrote {out_dir / 'metrics.json'}"
           + (f" and {len(result.get('plots', {}))} plots" if not args.no_plots else ""))
     return EXIT_FAILURES if data.skipped else EXIT_OK
+
+
+def collect_classifications(classifier, files: Sequence[str], *, progress: bool = True):
+    """(true labels, probabilities [N, C], captions, image bytes, skipped) over classification records."""
+    from od.io.example import ExampleError, decode_classification_example
+    from od.io.tfrecord import count_records
+    from od.model.inference import iter_record_images
+
+    labels, probs, captions, images, skipped = [], [], [], [], []
+    total = count_records(files)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="od: evaluating", unit="img", file=sys.stderr, dynamic_ncols=True)
+    n_classes = len(classifier.labels)
+    for n, (serialized, image) in enumerate(iter_record_images(files)):
+        if bar is not None:
+            bar.update(1)
+        try:
+            ex = decode_classification_example(serialized)
+        except ExampleError as e:
+            skipped.append(f"record #{n}: {e}")
+            continue
+        name = ex.filename or ex.source_id or f"#{n}"
+        if not 0 <= ex.label < n_classes:
+            skipped.append(f"{name}: label {ex.label} is not one of the model's {n_classes} classes")
+            continue
+        labels.append(ex.label)
+        probs.append(classifier.probabilities(image))
+        captions.append(name)
+        images.append(ex.image_bytes)
+    if bar is not None:
+        bar.close()
+    seen = len(labels) + len(skipped)
+    if total > seen:
+        skipped.append(f"{total - seen} of {total} records: image could not be decoded "
+                       "(check them with `python -m od.inspect`)")
+    return np.asarray(labels, np.int64), np.asarray(probs, np.float64).reshape(len(labels), n_classes), \
+        captions, images, skipped
+
+
+def _evaluate_classifier(args, source, params, info: dict, classes: Mapping[int, str], out_dir: Path) -> int:
+    """Top-1 / top-5, per-class precision / recall / F1, confusion matrix, curves and a mistakes-first gallery."""
+    from od.metrics.classification import compute_classification_metrics, mistakes_first, per_class_rows
+    from od.model.classifier import Classifier
+    from od.viz.classification import ClassificationGalleryItem, write_classification_plots
+
+    if source is not None:
+        classifier = Classifier.load(source, dict(classes))
+    else:
+        classifier = Classifier.from_checkpoint(params, info["checkpoint"], dict(classes))
+    t0 = time.perf_counter()
+    labels, probs, captions, images, skipped = collect_classifications(
+        classifier, info["records"], progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    for s in skipped:
+        warn(f"skipped {s}")
+    if not len(labels):
+        raise ConfigError(f"no usable images in {', '.join(info['records'])}")
+    metrics = compute_classification_metrics(labels, probs, classifier.labels)
+    result = {**info, **metrics, "seconds": round(seconds, 2),
+              "images_per_second": round(len(labels) / seconds, 3) if seconds > 0 else None, "skipped": skipped}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        pred = probs.argmax(axis=1)
+        gallery = [
+            ClassificationGalleryItem(captions[i], images[i], classifier.labels[labels[i]],
+                                      classifier.labels[pred[i]], float(probs[i, pred[i]]))
+            for i in mistakes_first(labels, probs)[: max(0, args.gallery)]
+        ]
+        result["plots"] = write_classification_plots(metrics, out_dir, model_dir=info["model_dir"], gallery=gallery)
+    if args.save_predictions:
+        write_json(out_dir / "predictions.json", {
+            "labels": classifier.labels,
+            "images": [{"image": c, "label": int(t), "probabilities": [round(float(v), 6) for v in p]}
+                       for c, t, p in zip(captions, labels, probs)],
+        })
+    write_metrics(out_dir / METRICS_FILE, result)
+    what = f"export {info['exported']}" if info["exported"] else f"{info['checkpoint']} (step {info['step']})"
+    print(f"od: {what} on {len(labels)} {args.split} images ({result['images_per_second']} img/s)")
+    headers, rows = per_class_rows(metrics)
+    print_table(headers, rows)
+    top5 = f", top-5 {_fmt(metrics['top5'])}" if metrics.get("top5") is not None else ""
+    print(f"od: top-1 accuracy {_fmt(metrics['top1'])}{top5}; wrote {out_dir / METRICS_FILE}"
+          + (f" and {len(result.get('plots', {}))} plots" if not args.no_plots else ""))
+    return EXIT_FAILURES if skipped else EXIT_OK
 
 
 def _fmt(v: float | None) -> str:

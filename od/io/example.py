@@ -367,3 +367,36 @@ def decode_example(serialized: bytes) -> DecodedExample:
         is_crowd=None if crowd is None else np.array(crowd, dtype=bool),
         keys=frozenset(fm.keys()),
     )
+
+
+@dataclass(frozen=True)
+class DecodedLabel:
+    """One classification Example read back: 0-based label (line of labels.txt) and where it came from."""
+
+    label: int
+    text: str
+    filename: str
+    source_id: str
+    image_bytes: bytes
+
+
+def decode_classification_example(serialized: bytes) -> DecodedLabel:
+    """Parse one classification record; raises ExampleError when it is not one."""
+    ex = _example_class()()
+    try:
+        ex.ParseFromString(serialized)
+    except Exception as e:  # protobuf's DecodeError (type differs between backends)
+        raise ExampleError(f"not a tf.train.Example: {e}") from None
+    fm = ex.features.feature
+    labels = _values(fm, K_CLASS_LABEL, "int64_list")
+    if not labels:
+        raise ExampleError(f"no {K_CLASS_LABEL} (not a classification record)")
+    encoded = _values(fm, K_ENCODED, "bytes_list")
+    if not encoded:
+        raise ExampleError(f"no {K_ENCODED}")
+
+    def text(key: str) -> str:
+        vals = _values(fm, key, "bytes_list")
+        return _text(vals[0]) if vals else ""
+
+    return DecodedLabel(int(labels[0]), text(K_CLASS_TEXT), text(K_FILENAME), text(K_SOURCE_ID), bytes(encoded[0]))
