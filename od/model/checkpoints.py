@@ -78,7 +78,7 @@ REGISTRY: dict[str, CheckpointSpec] = {
         CheckpointSpec(
             name="resnet50_imagenet",
             description="ResNet-50 ImageNet classifier (Model Garden vision-2.0), 76.1 top-1",
-            contents="backbone (ResNet-50); what fasterrcnn_resnetfpn_coco fine-tunes from",
+            contents="backbone (ResNet-50); what fasterrcnn_resnetfpn_coco and classifier_resnet50_transfer fine-tune from",
             files=tuple(
                 RemoteFile(_gcs(f"cloud-tpu-checkpoints/vision-2.0/resnet50_imagenet/{f}"), f)
                 for f in ("checkpoint", "ckpt-28080.index", "ckpt-28080.data-00000-of-00001")
