@@ -20,10 +20,11 @@ TFLITE ?=
 steps_flag = $(if $(STEPS),--steps $(STEPS),)
 out_flag = $(if $(OUT),--out $(OUT),)
 
-.PHONY: help venv demo demo-data records inspect train eval export detect test test-slow test-all bench
+.PHONY: help venv demo demo-classify demo-data records inspect train eval export detect test test-slow test-all bench
 
 help:
 	@echo "make demo      demo data -> records -> train (CPU template) -> export -> detect"
+	@echo "make demo-classify  the same for image classification (folder per class -> classify)"
 	@echo "make records   DATA=annotations/<set> -> $(RECORDS) + $(LABEL_MAP) + report.json"
 	@echo "make inspect   check records, per-class counts, gallery"
 	@echo "make train     CONFIG=<template> [STEPS=N] -> $(MODEL_DIR)"
@@ -80,6 +81,24 @@ demo: records
 	@test -d $(DEMO_HELDOUT) || $(PY) -m od.demo --out $(DEMO_HELDOUT) --num-images 8 --seed 2026
 	$(PY) -m od.detect $(DEMO_HELDOUT) --model $(DEMO_EXPORT) --out detections --save-json
 	@echo "od: demo done - annotated images in detections/, metrics in $(DEMO_MODEL_DIR)/eval/metrics.json"
+
+# The classification half on built-in data: a folder per class -> records -> train (CPU template, from
+# scratch) -> eval -> export -> classify held-out images (another seed) -> classifications/ (+ sorted/).
+CDEMO_DATA := annotations/demo-classify
+CDEMO_RECORDS := data/records-classify
+CDEMO_MODEL_DIR := runs/demo-classify
+CDEMO_EXPORT := exported/demo-classify
+CDEMO_HELDOUT := data/demo-classify_heldout
+demo-classify: $(STAMP)
+	@test -d $(CDEMO_DATA) || $(PY) -m od.demo --task classify --out $(CDEMO_DATA)
+	$(PY) -m od.records $(CDEMO_DATA) --out $(CDEMO_RECORDS) --label-map $(CDEMO_RECORDS)/label_map.pbtxt
+	$(PY) -m od.train --config classifier_resnet18_cpu --records $(CDEMO_RECORDS) --model-dir $(CDEMO_MODEL_DIR) $(steps_flag)
+	$(PY) -m od.evaluate --model-dir $(CDEMO_MODEL_DIR) --records $(CDEMO_RECORDS) --force
+	$(PY) -m od.export --model-dir $(CDEMO_MODEL_DIR) --out $(CDEMO_EXPORT) --force
+	@test -d $(CDEMO_HELDOUT) || $(PY) -m od.demo --task classify --out $(CDEMO_HELDOUT) --num-images 12 --seed 2026
+	$(PY) -m od.classify $(CDEMO_HELDOUT) --model $(CDEMO_EXPORT) --out classifications --save-json --force \
+		--sort-into classifications/sorted
+	@echo "od: demo-classify done - top-5 per image above, classifications/ (sorted/ per class), metrics in $(CDEMO_MODEL_DIR)/eval/metrics.json"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -26,9 +26,10 @@ from od.model.templates import available_templates, templates_dir
 CPU = "faster_rcnn_resnet18_fpn_cpu"
 
 
-def _records(tmp_path: Path, classes=("circle", "square", "triangle"), n_train=10, n_val=5) -> Path:
+def _records(tmp_path: Path, classes=("circle", "square", "triangle"), n_train=10, n_val=5,
+             task: str | None = None, name: str = "records") -> Path:
     """A records folder as od.records writes it (shards only need to exist and be non-empty here)."""
-    d = tmp_path / "records"
+    d = tmp_path / name
     d.mkdir()
     (d / "train-00000-of-00002.tfrecord").write_bytes(b"x")
     (d / "train-00001-of-00002.tfrecord").write_bytes(b"x")
@@ -39,6 +40,8 @@ def _records(tmp_path: Path, classes=("circle", "square", "triangle"), n_train=1
               "classes": [{"id": i, "name": c} for i, c in enumerate(classes, 1)], "num_classes": len(classes),
               "splits": {"train": {"files": [], "num_images": n_train}, "val": {"files": [], "num_images": n_val}},
               "problems": []}
+    if task:
+        report["task"] = task
     (d / "report.json").write_text(json.dumps(report))
     return d
 
@@ -150,9 +153,22 @@ def test_all_templates_render_and_template_paths_work(tmp_path):
     rec = _records(tmp_path)
     names = available_templates()
     assert {CPU, "faster_rcnn_resnet50_fpn", "retinanet_resnet50_fpn"} <= set(names)
+    assert {"classifier_resnet18_cpu", "classifier_resnet50_transfer"} <= set(names)
+    crec = _records(tmp_path, task="classification", name="crecords")
     for n in names:
-        r = render(n, str(rec))
-        assert r.params.task.model.num_classes == 4
+        if n.startswith("classifier_"):
+            r = render(n, str(crec))
+            assert r.header["task"] == "classification"
+            assert r.params.task.model.num_classes == 3  # a classifier has no background class
+            assert r.params.task.evaluation.top_k == 3
+            with pytest.raises(ConfigError, match="written for detection"):
+                render(n, str(rec))
+        else:
+            r = render(n, str(rec))
+            assert r.header["task"] == "detection"
+            assert r.params.task.model.num_classes == 4
+            with pytest.raises(ConfigError, match="written for classification"):
+                render(n, str(crec))
     path = templates_dir() / f"{CPU}.yaml"
     assert render(str(path), str(rec)).header["template"] == CPU
     with pytest.raises(ConfigError, match=CPU):
