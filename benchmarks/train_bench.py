@@ -86,6 +86,41 @@ def _input_rate(model_dir: str, batches: int) -> float:
     return batches * bs / (time.perf_counter() - t0)
 
 
+def train_od(config: str, records: str, model_dir: str, steps: int, *extra: str) -> str:
+    """``python -m od.train`` (no eval, steps_per_loop 10) into ``model_dir``; returns it."""
+    sets = ["--set", "trainer.steps_per_loop=10", "--set", "trainer.summary_interval=10"]
+    subprocess.run([sys.executable, "-m", "od.train", "--config", config, "--records", records,
+                    "--model-dir", model_dir, "--steps", str(steps), "--no-eval", "--quiet", *sets, *extra],
+                   cwd=REPO, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return model_dir
+
+
+def compare_with_train_lib(config: str, records: str, steps: int, repeats: int, work: str) -> tuple[list, list]:
+    """steps/s of od.train and of train_lib on od.train's own pipeline.yaml, ``repeats`` rounds each;
+    the first od run is ``<work>/od0``."""
+
+    def run_mg(i: int) -> str:
+        out = f"{work}/direct{i}"
+        subprocess.run([sys.executable, __file__, "--direct", f"{work}/od0", "--direct-out", out], cwd=REPO,
+                       env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return out
+
+    def run_od(i: int) -> float:
+        return _steps_per_second(train_od(config, records, f"{work}/od{i}", steps))[0]
+
+    # Round 1 od first, round 2 train_lib first, ... so a drifting background load hits both sides.
+    od_runs, mg_runs = [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            od_runs.append(run_od(i))
+            mg_runs.append(_steps_per_second(run_mg(i))[0])
+        else:
+            mg_runs.append(_steps_per_second(run_mg(i))[0])
+            od_runs.append(run_od(i))
+        print(f"round {i + 1}: od.train {od_runs[-1]:.3f} steps/s, train_lib {mg_runs[-1]:.3f} steps/s", flush=True)
+    return od_runs, mg_runs
+
+
 def _records(args) -> str:
     if args.records:
         return args.records
@@ -113,31 +148,7 @@ def main(argv=None) -> int:
 
     records = _records(args)
     work = tempfile.mkdtemp(prefix="od_train_bench_")
-    sets = ["--set", "trainer.steps_per_loop=10", "--set", "trainer.summary_interval=10"]
-
-    def run_od(i: int) -> str:
-        d = f"{work}/od{i}"
-        subprocess.run([sys.executable, "-m", "od.train", "--config", args.config, "--records", records,
-                        "--model-dir", d, "--steps", str(args.steps), "--no-eval", "--quiet", *sets],
-                       cwd=REPO, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return d
-
-    def run_mg(i: int) -> str:
-        out = f"{work}/direct{i}"
-        subprocess.run([sys.executable, __file__, "--direct", f"{work}/od0", "--direct-out", out], cwd=REPO,
-                       env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return out
-
-    # Round 1 od first, round 2 train_lib first, ... so a drifting background load hits both sides.
-    od_runs, mg_runs = [], []
-    for i in range(args.repeats):
-        if i % 2 == 0:
-            od_runs.append(_steps_per_second(run_od(i))[0])
-            mg_runs.append(_steps_per_second(run_mg(i))[0])
-        else:
-            mg_runs.append(_steps_per_second(run_mg(i))[0])
-            od_runs.append(_steps_per_second(run_od(i))[0])
-        print(f"round {i + 1}: od.train {od_runs[-1]:.3f} steps/s, train_lib {mg_runs[-1]:.3f} steps/s", flush=True)
+    od_runs, mg_runs = compare_with_train_lib(args.config, records, args.steps, args.repeats, work)
     od_dir = f"{work}/od0"
     od_sps, mg_sps = statistics.median(od_runs), statistics.median(mg_runs)
     n1, n2 = len(od_runs), len(mg_runs)

@@ -73,3 +73,69 @@ def test_cli_writes_atomically_and_refuses_to_overwrite(tmp_path, capsys):
     assert demo.main(["--out", str(out), "--num-images", "3", "--force"]) == 0
     assert len(list(out.glob("*.xml"))) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- classification demo
+
+
+def test_classification_demo_is_deterministic_balanced_and_varied(tmp_path):
+    from od.data import synthetic_classes
+
+    a = synthetic_classes.generate(tmp_path / "a", 24, seed=3)
+    synthetic_classes.generate(tmp_path / "b", 24, seed=3)
+    files = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in sorted((tmp_path / "a").rglob("*.jpg"))}
+    again = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in sorted((tmp_path / "b").rglob("*.jpg"))}
+    assert len(files) == 24 and files == again
+    assert a["per_class"] == {c: 4 for c in synthetic_classes.CLASSES}
+    # each file sits in its class folder and is named after it; sizes vary within the spec
+    sizes = set()
+    for rel in files:
+        assert rel.parts[0] == rel.name.rsplit("_", 1)[0] in synthetic_classes.CLASSES
+        im = Image.open(tmp_path / "a" / rel)
+        assert im.format == "JPEG" and im.mode == "RGB"
+        assert synthetic_classes.MIN_SIDE <= min(im.size) and max(im.size) <= synthetic_classes.MAX_SIDE
+        sizes.add(im.size)
+    assert len(sizes) > 15
+    synthetic_classes.generate(tmp_path / "c", 24, seed=4)
+    assert (tmp_path / "c" / "circle" / "circle_00000.jpg").read_bytes() != files[Path("circle/circle_00000.jpg")]
+
+
+def test_classification_demo_shapes_differ_by_outline_not_colour():
+    """Drawn alone on black, each class covers a class-typical share of its bounding square (a ring
+    has a hole, a circle fills ~pi/4, a square nearly all), and colours vary within every class."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    from od.data import synthetic_classes
+
+    fill: dict[str, list[float]] = {}
+    centre: dict[str, set[bool]] = {}
+    hues: dict[str, set[int]] = {}
+    for i in range(60):
+        cls = synthetic_classes.CLASSES[i % 6]
+        img = Image.new("RGB", (200, 200))
+        synthetic_classes._draw(ImageDraw.Draw(img), cls, 100, 100, 80, np.random.default_rng(i))
+        a = np.asarray(img.convert("HSV"), dtype=float)
+        mask = a[..., 2] > 0
+        ys, xs = np.nonzero(mask)
+        fill.setdefault(cls, []).append(mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)))
+        centre.setdefault(cls, set()).add(bool(mask[100, 100]))
+        hues.setdefault(cls, set()).add(int(np.median(a[..., 0][mask]) // 32))
+    lo = {c: min(v) for c, v in fill.items()}
+    hi = {c: max(v) for c, v in fill.items()}
+    assert abs(lo["circle"] - np.pi / 4) < 0.02 and abs(hi["circle"] - np.pi / 4) < 0.02, fill["circle"]
+    assert centre["ring"] == {False} and hi["ring"] < 0.5  # a ring is a circle with a hole
+    assert all(centre[c] == {True} for c in ("circle", "square", "triangle", "star", "cross"))
+    assert lo["square"] > 0.6 and 0.4 < lo["triangle"] and hi["triangle"] < 0.55  # half its box
+    assert hi["star"] < lo["triangle"] and hi["star"] < lo["cross"]  # thin points
+    assert all(len(h) >= 3 for h in hues.values()), hues
+
+
+def test_demo_cli_classify_writes_class_folders(tmp_path, capsys):
+    assert demo.main(["--task", "classify", "--out", str(tmp_path / "c"), "--num-images", "12", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "a folder per class" in out and "circle" in out
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == sorted(
+        ["circle", "square", "triangle", "star", "cross", "ring"]
+    )
+    assert demo.main(["--task", "classify", "--out", str(tmp_path / "c"), "--num-images", "12"]) == 2  # exists

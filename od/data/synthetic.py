@@ -45,14 +45,15 @@ def _colour(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """Muted low-frequency texture + clutter strokes; shapes stay the saturated things."""
+def _background(rng: np.random.Generator, w: int, h: int, strokes: tuple[int, int] = (3, 12)) -> Image.Image:
+    """Muted low-frequency texture + ``strokes`` (min, max excluded) clutter strokes; shapes stay the
+    saturated things."""
     base = np.array(_colour(rng, (0.0, 0.35), (0.25, 0.85)), dtype=np.float32)
     cells = rng.integers(3, 9)
     blobs = rng.normal(0.0, 28.0, size=(cells, cells, 3)).astype(np.float32)
     tex = Image.fromarray(np.clip(base + blobs, 0, 255).astype(np.uint8), "RGB").resize((w, h), Image.BICUBIC)
     draw = ImageDraw.Draw(tex)
-    for _ in range(int(rng.integers(3, 12))):
+    for _ in range(int(rng.integers(*strokes))):
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         x1, y1 = x0 + int(rng.integers(-120, 121)), y0 + int(rng.integers(-120, 121))
         draw.line((x0, y0, x1, y1), fill=_colour(rng, (0.0, 0.3), (0.2, 0.9)), width=int(rng.integers(1, 4)))
