@@ -1,4 +1,4 @@
-"""Train a detector from a template and records: Model Garden's train_lib with od's care around it.
+"""Train a detector or a classifier from a template and records: Model Garden's train_lib with od's care around it.
 
 What od adds: the strategy chosen from the hardware (and ``runtime.num_gpus`` set so ``mirrored``
 really uses the GPUs), checks before any step runs, resume / extend from the model dir, a progress
