@@ -20,7 +20,7 @@ TFLITE ?=
 steps_flag = $(if $(STEPS),--steps $(STEPS),)
 out_flag = $(if $(OUT),--out $(OUT),)
 
-.PHONY: help venv demo demo-classify demo-data records inspect train eval export detect test test-slow test-all bench
+.PHONY: help venv demo demo-classify demo-data records inspect train eval export detect classify test test-slow test-all bench
 
 help:
 	@echo "make demo      demo data -> records -> train (CPU template) -> export -> detect"
@@ -31,6 +31,7 @@ help:
 	@echo "make eval      metrics.json + plots in $(MODEL_DIR)/eval"
 	@echo "make export    $(MODEL_DIR) -> $(EXPORT_DIR)"
 	@echo "make detect    IMAGES=... -> detections/"
+	@echo "make classify  IMAGES=... [ARGS='--save-csv --sort-into sorted/'] -> top-5 per image (classifications/)"
 	@echo "make test      the default test suite (make test-all adds the slow end-to-end tests)"
 
 venv: $(STAMP)
@@ -67,6 +68,9 @@ export: $(STAMP)
 IMAGES ?= $(DATA)
 detect: $(STAMP)
 	$(PY) -m od.detect $(IMAGES) --model $(EXPORT_DIR) $(out_flag) $(ARGS)
+
+classify: $(STAMP)
+	$(PY) -m od.classify $(IMAGES) --model $(EXPORT_DIR) $(out_flag) $(ARGS)
 
 # The main job on the built-in demo data: records -> train (CPU template) -> eval -> export -> detect on
 # held-out demo images (generated with another seed, never seen in training) -> detections/.
