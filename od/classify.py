@@ -17,11 +17,13 @@ import argparse
 import contextlib
 import csv
 import errno
+import filecmp
 import io
 import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 import time
 from collections import Counter, deque
@@ -36,7 +38,7 @@ from od.io.files import file_problem, open_regular, shown
 from od.model.errors import ModelError
 from od.model.source import resolve_labels, resolve_model
 from od.options import add_common, add_force, fraction, positive_int, quiet_tensorflow
-from od.viz.outputs import Manifest, OutputError, OutputWriter, _encode, _safe_name, check_out_dir
+from od.viz.outputs import Manifest, OutputError, OutputWriter, check_out_dir, encode_image, safe_name
 
 if TYPE_CHECKING:
     from od.model.classifier import Classifier, Prediction
@@ -165,7 +167,8 @@ def csv_text(results: Sequence[Classified], labels: Sequence[str]) -> str:
 
 def copy_into(src: Path, folder: Path) -> Path:
     """Copy ``src`` byte for byte, with its times and mode (like ``shutil.copy2``), into ``folder``
-    under its own name, or ``name_1``, ``name_2``... when that is taken: never replaces a file.
+    under its own name, or ``name_1``, ``name_2``... when that is taken: never replaces a file. A
+    byte-identical copy already there (a re-run) is that copy: no ``name_1`` duplicate is made.
     Written under a temp name, then hard-linked to the free name (the link fails instead of
     replacing, so two runs cannot race onto one name); renamed where links are not supported."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,6 +181,8 @@ def copy_into(src: Path, folder: Path) -> Path:
         n = 0
         while True:
             dest = folder / (src.name if n == 0 else f"{stem}_{n}{suffix}")
+            if _same_file_there(tmp, dest):
+                return dest
             if not os.path.lexists(dest):
                 try:
                     os.link(tmp, dest)
@@ -195,10 +200,15 @@ def copy_into(src: Path, folder: Path) -> Path:
             os.unlink(tmp)
 
 
-def _as_classify(msg: str) -> str:
-    """OutputWriter and Manifest are od.detect's (shared so that both keep one set of rules) and
-    name it in their messages; here the run is od.classify's."""
-    return msg.replace("od.detect", "od.classify")
+def _same_file_there(copy: Path, dest: Path) -> bool:
+    """``dest`` is a regular file with ``copy``'s bytes (never follows a link or opens a FIFO)."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != os.path.getsize(copy):
+        return False
+    return filecmp.cmp(copy, dest, shallow=False)
 
 
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
@@ -259,13 +269,13 @@ def run(
             path = image_writer.annotated_path(item)
             drawn = draw_label(img, classification_label(best.name, best.score, res.unsure),
                                None if res.unsure else best.class_id)
-            problem = image_writer.write_file(path, _encode(drawn, path))
+            problem = image_writer.write_file(path, encode_image(drawn, path))
             if problem:
-                return f"{shown(item.path)}: {_as_classify(problem)}"
+                return f"{shown(item.path)}: {problem}"
             res.annotated = path
         if sort_into is not None:
             try:
-                res.sorted_to = copy_into(item.path, sort_into / _safe_name(res.predicted))
+                res.sorted_to = copy_into(item.path, sort_into / safe_name(res.predicted))
             except OSError as e:
                 return f"{shown(item.path)}: cannot copy into {shown(sort_into)}/: {e.strerror or e}"
         return None
@@ -330,17 +340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             error(problem)
             return EXIT_USAGE
         try:
-            manifest = Manifest.load(out, args.force)
+            manifest = Manifest.load(out, args.force, step="od.classify")
         except OutputError as e:
-            error(_as_classify(str(e)))
+            error(str(e))
             return EXIT_USAGE
     elif args.out or args.force:
         warn("--out/--force are for --save-json, --save-csv and --save-images; nothing is written to --out")
     sort_into = Path(args.sort_into) if args.sort_into else None
     if sort_into is not None:
-        problem = check_out_dir(sort_into)
+        problem = check_out_dir(sort_into, "--sort-into")
         if problem:
-            error(problem.replace("--out ", "--sort-into ", 1))
+            error(problem)
             return EXIT_USAGE
     try:
         source = resolve_model(args.model)
@@ -376,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = classifier.labels
 
     if sort_into is not None:  # a re-run over a folder holding the sorted copies skips them
-        folders = [(sort_into / _safe_name(n)).resolve() for n in [*labels, UNSURE]]
+        folders = [(sort_into / safe_name(n)).resolve() for n in [*labels, UNSURE]]
         own = {i for i in images if _inside(i.path, folders)}
         if own:
             print(f"od: note: skipping {len(own)} image(s) in {shown(sort_into)}/<class>/ (od.classify's sorted copies)",
@@ -424,7 +434,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path, data in tables:
             problem = writer.write_file(path, data)
             if problem:
-                problem = _as_classify(problem)
                 error(problem)
                 input_problems.append(problem)
             else:

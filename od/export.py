@@ -192,7 +192,7 @@ def export_model(
     if classifier:
         if max_detections is not None or score_threshold is not None:
             raise ExportError("--max-detections / --score-threshold are detection settings; a classifier returns "
-                              "every class's probability (od.classify --top-k / --threshold choose what to show)")
+                              "every class's probability (od.classify --top-k / --score-threshold choose what to show)")
         from od.model.classifier import build_classification_module
 
         eparams = params

@@ -348,15 +348,29 @@ def test_sort_into_copies_good_images_and_names_the_bad_ones(export, classifier,
     assert copies == sorted(p.name for p in good)  # nothing of the bad files, no temp files
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()} == before
 
-    # a second run never replaces the first copies: the new ones get _1
+    # a second run never replaces the first copies and does not duplicate identical ones; another
+    # image with a taken name gets _1 beside the first
     first = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     assert _run([folder, "--model", export, "--sort-into", dest]) == 1
     capsys.readouterr()
-    for p, data in first.items():
-        assert p.read_bytes() == data
-        again = p.with_name(f"{p.stem}_1{p.suffix}")
-        assert again.read_bytes() == data
-    assert len([p for p in dest.rglob("*") if p.is_file()]) == 2 * len(good)
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == first
+
+
+def test_copy_into_never_replaces_and_never_duplicates(tmp_path):
+    from od.classify import copy_into
+
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    a.parent.mkdir(), b.parent.mkdir()
+    a.write_bytes(b"first image"), b.write_bytes(b"another image, same name")
+    dest = tmp_path / "sorted" / "circle"
+    assert copy_into(a, dest) == dest / "x.jpg"
+    assert copy_into(a, dest) == dest / "x.jpg"  # the same bytes again: that copy, no x_1
+    assert copy_into(b, dest) == dest / "x_1.jpg"  # a different file: beside it, never over it
+    assert (dest / "x.jpg").read_bytes() == b"first image"
+    assert (dest / "x_1.jpg").read_bytes() == b"another image, same name"
+    (dest / "x_2.jpg").symlink_to(b)  # a link with the same bytes is not taken for a copy
+    assert copy_into(b, dest) == dest / "x_1.jpg"
+    assert sorted(p.name for p in dest.iterdir()) == ["x.jpg", "x_1.jpg", "x_2.jpg"]
 
 
 def test_sorted_copies_inside_the_inputs_are_not_classified_again(export, photos, capsys):
@@ -366,4 +380,4 @@ def test_sorted_copies_inside_the_inputs_are_not_classified_again(export, photos
     assert _run([photos, "--model", export, "--sort-into", dest]) == 0
     cap = capsys.readouterr()
     assert "6 image(s) classified" in cap.out and "skipping 6 image(s)" in cap.err
-    assert len([p for p in dest.rglob("*") if p.is_file()]) == 12
+    assert len([p for p in dest.rglob("*") if p.is_file()]) == 6

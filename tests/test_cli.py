@@ -23,7 +23,7 @@ PY = sys.executable
 BUILDERS = {
     "records": "build_parser", "inspect": "build_parser", "configs": "_parser", "checkpoints": "build_parser",
     "train": "_parser", "evaluate": "_parser", "export": "build_parser", "detect": "build_parser",
-    "demo": "build_parser", "crops": "build_parser",
+    "demo": "build_parser", "crops": "build_parser", "classify": "build_parser",
 }
 TF_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ", re.MULTILINE)
 
@@ -51,14 +51,14 @@ def flags(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 # concept flag -> commands that must have it (others may too, with the same meaning)
 CONCEPTS = {
-    "--model": {"detect", "evaluate"},
+    "--model": {"detect", "classify", "evaluate"},
     "--model-dir": {"train", "evaluate", "export"},
     "--config": {"train", "configs render"},
-    "--score-threshold": {"detect", "evaluate", "export"},
+    "--score-threshold": {"detect", "classify", "evaluate", "export"},
     "--max-detections": {"detect", "evaluate", "export"},
     "--gallery": {"inspect", "evaluate"},
-    "--out": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
-    "--force": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "demo"},
+    "--out": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "classify", "demo"},
+    "--force": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "classify", "demo"},
     "--seed": {"train", "demo"},
 }
 HELP_WORDS = {"--score-threshold": "minimum score", "--max-detections": "at most N boxes", "--force": "replace",
@@ -128,6 +128,8 @@ BAD_NUMBERS = [
     ("evaluate", ["--model-dir", "r", "--gallery", "-1"]),
     ("evaluate", ["--model-dir", "r", "--max-detections", "0"]),
     ("detect", ["x.jpg", "--score-threshold", "-0.1"]),
+    ("classify", ["x.jpg", "--score-threshold", "1.5"]),
+    ("classify", ["x.jpg", "--top-k", "0"]),
     ("detect", ["x.jpg", "--max-detections", "0"]),
     ("export", ["--model-dir", "r", "--score-threshold", "2"]),
     ("export", ["--model-dir", "r", "--calibration-images", "0"]),

@@ -1,5 +1,6 @@
-"""Writing what ``od.detect`` produces: annotated images, JSON, VOC pre-labels, crops, and the
-manifest of what it wrote."""
+"""Writing what ``od.detect`` (and ``od.classify``) produce: annotated images, JSON, VOC pre-labels,
+crops, and the manifest of what the step wrote, named after it (``.od-detect.json``,
+``.od-classify.json``), so each step replaces only its own earlier outputs."""
 
 from __future__ import annotations
 
@@ -21,8 +22,15 @@ from od.io.files import atomic_write_text, read_file, shown
 if TYPE_CHECKING:  # imported lazily at run time (PIL is slow to import)
     from PIL import Image
 
-MANIFEST = ".od-detect.json"  # <out>/.od-detect.json: every file od.detect wrote there
-JOURNAL = ".od-detect.journal"  # appended before each image's files are written; folded into MANIFEST
+def manifest_names(step: str) -> tuple[str, str]:
+    """``(manifest, journal)`` file names of ``step`` ("od.detect" -> .od-detect.json, .od-detect.journal)."""
+    stem = "." + step.replace(".", "-")
+    return stem + ".json", stem + ".journal"
+
+
+# <out>/.od-detect.json: every file od.detect wrote there; the journal is appended before each
+# image's files are written and folded into the manifest at the end
+MANIFEST, JOURNAL = manifest_names("od.detect")
 
 
 class InputImage(Protocol):
@@ -49,53 +57,57 @@ class OutputError(Exception):
     """The output folder cannot be used; the message says why and what to do."""
 
 
-def check_out_dir(out: Path) -> str | None:
-    """Why ``out`` cannot be the output folder (a file, under a file, not writable), or None.
-    Cheap and TensorFlow-free, so main() says it before the model loads."""
+def check_out_dir(out: Path, flag: str = "--out") -> str | None:
+    """Why ``out`` (given as ``flag``) cannot be the output folder (a file, under a file, not
+    writable), or None. Cheap and TensorFlow-free, so main() says it before the model loads."""
     p = out
     while not os.path.lexists(p) and p.parent != p:
         p = p.parent
     where = "" if p == out else f"{shown(p)} "
     if not p.is_dir():
-        return f"--out {shown(out)}: {where or 'it '}is a file, not a folder; pass another --out"
+        return f"{flag} {shown(out)}: {where or 'it '}is a file, not a folder; pass another {flag}"
     if not os.access(p, os.W_OK | os.X_OK):
-        return f"--out {shown(out)}: {where or 'it '}is not writable; pass another --out"
+        return f"{flag} {shown(out)}: {where or 'it '}is not writable; pass another {flag}"
     return None
 
 
 class Manifest:
-    """The files od.detect wrote in one output folder, so a re-run replaces its own earlier outputs
-    and never a file the user put there. Kept in ``<out>/.od-detect.json`` (rewritten atomically
-    at the end of a run) plus ``<out>/.od-detect.journal``, one JSON line appended *before* each
-    image's files are written: a run that crashes midway still knows every file it wrote."""
+    """The files one step (od.detect, od.classify) wrote in one output folder, so a re-run replaces
+    its own earlier outputs and never a file the user put there. Kept in ``<out>/.od-detect.json``
+    (rewritten atomically at the end of a run) plus ``<out>/.od-detect.journal``, one JSON line
+    appended *before* each image's files are written: a run that crashes midway still knows every
+    file it wrote."""
 
-    def __init__(self, out: Path, files: set[str] | None = None):
+    def __init__(self, out: Path, files: set[str] | None = None, step: str = "od.detect"):
         self.out = out
         self.files: set[str] = files or set()
+        self.step = step
+        self.name, self.journal = manifest_names(step)
         self._journal: int | None = None  # fd, opened on the first add
 
     @classmethod
-    def load(cls, out: Path, force: bool = False) -> Manifest:
+    def load(cls, out: Path, force: bool = False, step: str = "od.detect") -> Manifest:
         """The manifest (and any journal a crashed run left) of ``out``; empty when there is none.
-        OutputError when ``.od-detect.json`` is not od.detect's (kept unless ``force``)."""
-        path = out / MANIFEST
+        OutputError when the manifest is not the step's (kept unless ``force``)."""
+        name, journal = manifest_names(step)
+        path = out / name
         files: set[str] = set()
         try:
             data = json.loads(read_file(path).decode("utf-8"))
             if not (isinstance(data, dict) and isinstance(data.get("files"), list)
                     and all(isinstance(f, str) for f in data["files"])):
-                raise ValueError("not a list of files written by od.detect")
+                raise ValueError(f"not a list of files written by {step}")
             files.update(data["files"])
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as e:
             if not force:
                 raise OutputError(
-                    f"{shown(path)}: cannot read od.detect's list of outputs ({getattr(e, 'strerror', None) or e}); "
+                    f"{shown(path)}: cannot read {step}'s list of outputs ({getattr(e, 'strerror', None) or e}); "
                     "move it, choose another --out, or pass --force to start a new list"
                 ) from None
         try:
-            lines = read_file(out / JOURNAL).decode("utf-8", "replace").splitlines()
+            lines = read_file(out / journal).decode("utf-8", "replace").splitlines()
         except OSError:  # none (the usual case), or unreadable: the manifest is all there is
             lines = []
         for line in lines:
@@ -105,7 +117,7 @@ class Manifest:
                 continue
             if isinstance(entry, list):
                 files.update(f for f in entry if isinstance(f, str))
-        return cls(out, files)
+        return cls(out, files, step)
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.out).as_posix()
@@ -119,35 +131,35 @@ class Manifest:
         if self._journal is None:
             self.out.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-            self._journal = os.open(self.out / JOURNAL, flags, 0o666)  # never appends through a link or to a FIFO
+            self._journal = os.open(self.out / self.journal, flags, 0o666)  # never appends through a link or to a FIFO
             if not stat.S_ISREG(os.fstat(self._journal).st_mode):
                 os.close(self._journal)
                 self._journal = None
-                raise OSError(f"{shown(self.out / JOURNAL)} is not a regular file")
+                raise OSError(f"{shown(self.out / self.journal)} is not a regular file")
         line = json.dumps(rels) + "\n"  # ensure_ascii: names that are not UTF-8 survive as \udcNN
         os.write(self._journal, line.encode("ascii"))
         self.files.update(rels)
 
     def save(self) -> None:
         """Write the manifest atomically (only files that still exist), then drop the journal."""
-        if self._journal is None and not os.path.lexists(self.out / JOURNAL):
+        if self._journal is None and not os.path.lexists(self.out / self.journal):
             return  # nothing written this run and nothing left by a crashed one
         kept = sorted(f for f in self.files if os.path.lexists(self.out / f))
         try:
-            atomic_write_text(self.out / MANIFEST, json.dumps({"written_by": "od.detect", "files": kept}, indent=1) + "\n")
+            atomic_write_text(self.out / self.name, json.dumps({"written_by": self.step, "files": kept}, indent=1) + "\n")
         except OSError as e:  # the journal stays and still lists every file: the next run reads it
-            warn(f"{shown(self.out / MANIFEST)}: cannot write ({e.strerror or e}); {JOURNAL} keeps the list")
+            warn(f"{shown(self.out / self.name)}: cannot write ({e.strerror or e}); {self.journal} keeps the list")
             return
         if self._journal is not None:
             os.close(self._journal)
             self._journal = None
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.out / JOURNAL)
+            os.unlink(self.out / self.journal)
 
 
 class OutputWriter:
     """Writes everything for one image under ``out``: all of it or none of it, never onto an input
-    file, and never onto a file od.detect did not write (see ``Manifest``) unless ``force``."""
+    file, and never onto a file the step did not write (see ``Manifest``) unless ``force``."""
 
     def __init__(self, out: Path, inputs: Iterable[Path], save_json: bool, save_voc: bool, save_crops: bool,
                  force: bool, meta: dict, manifest: Manifest | None = None):
@@ -177,7 +189,7 @@ class OutputWriter:
 
         res = Result(item, image.width, image.height, detections)
         path = self.annotated_path(item)
-        files = {path: _encode(draw_detections(image, detections), path)}
+        files = {path: encode_image(draw_detections(image, detections), path)}
         res.annotated = path
         if self.save_json:
             files[self._target(self.out / f"{item.key}.json")] = _json_bytes(self.record(res))
@@ -207,12 +219,12 @@ class OutputWriter:
 
     def check(self, files: dict[Path, bytes]) -> str | None:
         """Why these files cannot be written, or None: a file where a folder is needed, a folder
-        in the way, or a file od.detect did not write (unless --force)."""
+        in the way, or a file the step did not write (unless --force)."""
         foreign: list[Path] = []
         for path in files:
             rel = self.manifest.rel(path)
-            if rel in (MANIFEST, JOURNAL):
-                return f"{shown(path)} is od.detect's own list of outputs; rename the input"
+            if rel in (self.manifest.name, self.manifest.journal):
+                return f"{shown(path)} is {self.manifest.step}'s own list of outputs; rename the input"
             for parent in reversed(path.parents):
                 inside = parent == self.out or self.out in parent.parents
                 if inside and os.path.lexists(parent) and not parent.is_dir():
@@ -224,7 +236,7 @@ class OutputWriter:
                 foreign.append(path)
         if foreign:
             more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-            return (f"{shown(foreign[0])}{more} already exists and od.detect did not write it; "
+            return (f"{shown(foreign[0])}{more} already exists and {self.manifest.step} did not write it; "
                     "pass --force to replace it, or choose another --out")
         return None
 
@@ -273,8 +285,8 @@ class OutputWriter:
             x1, y1 = min(image.width, round(b.xmax)), min(image.height, round(b.ymax))
             if x1 <= x0 or y1 <= y0:
                 continue
-            path = self._target(self.out / "crops" / _safe_name(d.class_name) / f"{item.key}_{n}.jpg")
-            files[path] = _encode(image.crop((x0, y0, x1, y1)), path)
+            path = self._target(self.out / "crops" / safe_name(d.class_name) / f"{item.key}_{n}.jpg")
+            files[path] = encode_image(image.crop((x0, y0, x1, y1)), path)
         return files
 
     def _voc(self, item: InputImage, image: Image.Image, detections: list[Detection]) -> dict[Path, bytes]:
@@ -318,15 +330,15 @@ class OutputWriter:
         if copy_ok:
             return self._target(self.out / "voc" / f"{key}{suffix}"), data
         dest = self._target(self.out / "voc" / f"{key}.jpg")
-        return dest, _encode(image, dest, quality=95)
+        return dest, encode_image(image, dest, quality=95)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .") or "class"
     return cleaned[:100]
 
 
-def _encode(image: Image.Image, path: Path, quality: int = 92) -> bytes:
+def encode_image(image: Image.Image, path: Path, quality: int = 92) -> bytes:
     """The image encoded in memory as ``path``'s suffix says: JPEG, else PNG."""
     import io
 
