@@ -1,10 +1,11 @@
-"""``python -m od.inspect RECORDS...`` — read detection TFRecords back and check them.
+"""``python -m od.inspect RECORDS...`` — read detection or classification TFRecords back and check them.
 
 Works on od's shards and on files written by the old OD API tools. Every record
 is decoded and checked (image decodes and matches the stored size, boxes inside
 [0, 1] and ordered, labels known to the label map and consistent with the class
-texts); each problem names the file and the record index. Prints per-class
-counts, and with ``--gallery`` draws a seeded sample with its ground truth.
+texts; a classification record's ``image/class/label`` is label-map id - 1); each
+problem names the file and the record index. Prints per-class counts, and with
+``--gallery`` draws a seeded sample with its ground truth (boxes, or the class).
 
 Reading streams record by record: memory stays flat whatever the dataset size
 (the gallery keeps only its N sampled examples, by reservoir sampling).
@@ -32,6 +33,7 @@ from od.console import (
     print_table,
     warn,
 )
+from od.io.example import K_CLASS_LABEL
 from od.io.files import file_problem, shown
 from od.io.schema import RECORD_SUFFIXES
 from od.options import (
@@ -78,6 +80,7 @@ class InspectResult:
     num_records: int = 0
     num_boxes: int = 0
     negatives: int = 0
+    classified: int = 0  # classification records (image/class/label, no boxes)
     classes: dict[tuple[int, str], ClassCount] = field(default_factory=dict)
     problems: list[RecordProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -222,6 +225,10 @@ class _Inspector:
             res.problems.append(RecordProblem(path, n, "", f"cannot decode: {e}"))
             return
         problems, size = check_example(ex, self.label_map)
+        caption = None
+        if ex.num_boxes == 0 and K_CLASS_LABEL in ex.keys:
+            caption, more = self._class_label(path, n, rec)
+            problems += more
         res.problems.extend(RecordProblem(path, n, ex.filename, p) for p in problems)
 
         sid = ex.source_id
@@ -240,7 +247,9 @@ class _Inspector:
             self.source_ids[sid] = (path, n)
 
         res.num_boxes += ex.num_boxes
-        if ex.num_boxes == 0:
+        if caption is not None:
+            res.classified += 1
+        elif ex.num_boxes == 0:
             res.negatives += 1
         in_image: set[tuple[int, str]] = set()
         for i, cid in enumerate(int(c) for c in ex.class_ids):
@@ -262,12 +271,44 @@ class _Inspector:
         if self.num_samples > 0 and size is not None:
             # Reservoir sampling: a uniform, seeded sample without holding the dataset in memory.
             self.decodable += 1
+            sample = (path, n, ex, caption)
             if len(res.samples) < self.num_samples:
-                res.samples.append((path, n, ex))
+                res.samples.append(sample)
             else:
                 j = self.rng.randrange(self.decodable)
                 if j < self.num_samples:
-                    res.samples[j] = (path, n, ex)
+                    res.samples[j] = sample
+
+    def _class_label(self, path: str, n: int, rec: bytes) -> tuple[str | None, list[str]]:
+        """A classification record's class (counted as one image of it) and its problems: the label
+        is label-map id - 1, so it must be >= 0, in the label map, and agree with image/class/text."""
+        from od.io.example import ExampleError, decode_classification_example
+
+        try:
+            lab = decode_classification_example(rec)
+        except ExampleError as e:
+            return None, [f"cannot decode the class: {e}"]
+        cid = lab.label + 1
+        problems = []
+        if lab.label < 0:
+            problems.append(f"{K_CLASS_LABEL} is {lab.label}; labels start at 0 (label map id - 1)")
+        elif self.label_map is not None:
+            if cid not in self.label_map.id_to_name:
+                problems.append(f"{K_CLASS_LABEL} {lab.label}{f' ({lab.text!r})' if lab.text else ''}: "
+                                f"no id {cid} in the label map")
+            elif lab.text and lab.text != self.label_map.id_to_name[cid]:
+                problems.append(f"class text {lab.text!r} but the label map says label {lab.label} (id {cid}) "
+                                f"is {self.label_map.id_to_name[cid]!r}")
+        name = class_name(cid, lab.text, self.label_map)
+        key = (cid, name)
+        cc = self.res.classes.get(key)
+        if cc is None:
+            known = self.label_map is None or cid in self.label_map.id_to_name
+            cc = self.res.classes[key] = ClassCount(cid, name, in_label_map=known)
+        cc.images += 1
+        if lab.text:
+            self.text_to_ids[lab.text].setdefault(cid, (path, n))
+        return name, problems
 
     def finish(self) -> None:
         res = self.res
@@ -348,8 +389,8 @@ def inspect_records(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m od.inspect",
-        description="Check detection TFRecords (od shards or OD API .record files): decode every example, "
-        "check images, boxes and labels, print per-class counts, optionally draw a gallery.",
+        description="Check detection or classification TFRecords (od shards or OD API .record files): decode "
+        "every example, check images, boxes and labels, print per-class counts, optionally draw a gallery.",
         epilog="Exit status: 0 no problems, 1 problems found, 2 usage error (e.g. no files matched).",
     )
     p.add_argument("records", nargs="+", metavar="RECORDS",
@@ -368,20 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
 def print_report(res: InspectResult, max_problems: int = 50, out=None) -> None:
     out = out or sys.stdout
     rows = []
+    classification = res.classified and not res.num_boxes
     for (cid, name), cc in sorted(res.classes.items()):
-        rows.append([name + ("" if cc.in_label_map else "  (not in label map)"), cid, cc.images, cc.boxes, cc.difficult])
+        shown_name = name + ("" if cc.in_label_map else "  (not in label map)")
+        rows.append([shown_name, cid, cid - 1, cc.images] if classification
+                    else [shown_name, cid, cc.images, cc.boxes, cc.difficult])
     if rows:
-        print_table(["class", "id", "images", "boxes", "difficult"], rows, file=out)
+        head = ["class", "id", "label", "images"] if classification else ["class", "id", "images", "boxes", "difficult"]
+        print_table(head, rows, file=out)
     else:
         print("(no boxes)", file=out)
     if len(res.files) > 1:
         print(file=out)
         print_table(["file", "records"], [[shown(f), res.records_per_file.get(f, 0)] for f in res.files], file=out)
-    print(
-        f"\n{res.num_records} records in {len(res.files)} file(s): {res.num_boxes} boxes, "
-        f"{res.negatives} negative (box-less) images, {len(res.problems)} problem(s)",
-        file=out,
-    )
+    if res.classified and not res.num_boxes:
+        what = "classification records (a class per image: label = id - 1)"
+    else:
+        what = f"{res.num_boxes} boxes, {res.negatives} negative (box-less) images"
+        if res.classified:
+            what += f", {res.classified} classification records"
+    print(f"\n{res.num_records} records in {len(res.files)} file(s): {what}, {len(res.problems)} problem(s)", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -280,3 +280,51 @@ def test_old_od_api_record(capsys) -> None:
     assert rc == 0, cap.err
     assert "non-numeric image/source_id" in cap.err  # a warning, not a problem
     assert "40 records in 1 file(s): 44 boxes" in cap.out
+
+
+# --------------------------------------------------------------------------- classification records
+
+
+def _labelled(name: str, label: int, text: str, w: int = 64, h: int = 48) -> bytes:
+    from od.io.example import encode_classification_example
+
+    return encode_classification_example(image_bytes=_jpeg(w, h), image_format="jpeg", width=w, height=h,
+                                         filename=name, source_id=source_id_for(name), label=label, text=text)
+
+
+def test_classification_records_count_images_per_class_and_draw_the_class(tmp_path, capsys):
+    from od.data import synthetic_classes
+    from od.records import main as records_main
+
+    synthetic_classes.generate(tmp_path / "data", 18, seed=1)
+    assert records_main([str(tmp_path / "data"), "--out", str(tmp_path / "r"), "--label-map",
+                         str(tmp_path / "r" / "label_map.pbtxt"), "--quiet"]) == 0
+    capsys.readouterr()
+    rc = main([str(tmp_path / "r"), "--label-map", str(tmp_path / "r" / "label_map.pbtxt"), "--gallery", "4",
+               "--out", str(tmp_path / "g")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "class     id  label  images" in cap.out and "classification records" in cap.out
+    for name in synthetic_classes.CLASSES:  # 18 images, 3 of each class; ids sorted by name
+        line = next(ln for ln in cap.out.splitlines() if ln.startswith(name + " "))
+        assert line.split()[-1] == "3", line
+    assert "box" not in cap.out.split("\n\n")[-1].replace("box-less", "")
+    g = Image.open(tmp_path / "g" / "gallery.png")
+    assert g.size[0] >= 640
+
+
+def test_classification_label_outside_the_map_or_disagreeing_with_its_text_is_a_problem(tmp_path, capsys):
+    write_records(tmp_path / "train-00000-of-00001.tfrecord", [
+        _labelled("ok.jpg", 0, "circle"),
+        _labelled("far.jpg", 7, "hexagon"),  # id 8: not in a two-class map
+        _labelled("swapped.jpg", 1, "circle"),  # label 1 is square
+    ])
+    write_label_map(tmp_path / "label_map.pbtxt", LM)
+    rc = main([str(tmp_path / "train-00000-of-00001.tfrecord"), "--label-map", str(tmp_path / "label_map.pbtxt")])
+    cap = capsys.readouterr()
+    assert rc == 1
+    problems = [ln for ln in cap.err.splitlines() if ln.startswith("od: problem:")]
+    assert len(problems) == 3, cap.err
+    assert "record 1 (far.jpg)" in problems[0] and "no id 8 in the label map" in problems[0]
+    assert "record 2 (swapped.jpg)" in problems[1] and "'circle'" in problems[1] and "'square'" in problems[1]
+    assert "class text 'circle' has several ids" in problems[2]  # one class, two labels: training would split it

@@ -1,6 +1,6 @@
 """A grid of record examples with their ground-truth boxes (``od.inspect --gallery``).
 
-Pillow only (no TensorFlow). Each sample is ``(record file, record index, DecodedExample)``
+Pillow only (no TensorFlow). Each sample is ``(record file, record index, DecodedExample[, class])``
 as ``od.inspect`` collects them.
 """
 
@@ -50,7 +50,7 @@ def make_gallery(samples: Sequence, label_map=None, cell: int = 320) -> Image.Im
     font = _caption_font(caption_h - 3)
     sheet = Image.new("RGB", (cols * cell, rows * (cell + caption_h)), (32, 32, 32))
     draw = ImageDraw.Draw(sheet)
-    for k, (path, index, ex) in enumerate(samples):
+    for k, (path, index, ex, *label) in enumerate(samples):  # label: a classification record's class
         with Image.open(io.BytesIO(ex.image_bytes)) as im:
             im = im.convert("RGB")
         scale = min(cell / im.width, cell / im.height)
@@ -63,6 +63,8 @@ def make_gallery(samples: Sequence, label_map=None, cell: int = 320) -> Image.Im
         x0, y0 = (k % cols) * cell, (k // cols) * (cell + caption_h)
         sheet.paste(tile, (x0 + (cell - w) // 2, y0 + cell - h))  # bottom: caption right below
         caption = f"{Path(path).name}#{index} {ex.filename}"
+        if label and label[0]:
+            caption = f"{label[0]}: {caption}"
         while len(caption) > 4 and draw.textlength(caption, font=font) > cell - 4:
             caption = caption[:-2]
         draw.text((x0 + 2, y0 + cell + 1), caption, fill=(230, 230, 230), font=font)
