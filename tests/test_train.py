@@ -207,9 +207,7 @@ def test_strategy_on_this_cpu_is_one_device_without_gpus():
     from od import train
     from od.model.render import render
 
-    rec = Path(__file__).resolve().parent
     import json
-
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
