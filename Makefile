@@ -117,3 +117,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/records_bench.py
 	$(PY) benchmarks/train_bench.py
 	$(PY) benchmarks/detect_bench.py
+	$(PY) benchmarks/classify_bench.py
