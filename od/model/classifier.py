@@ -49,6 +49,15 @@ def _module_class():
             probs = super().serve(images)["probs"]
             return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1, output_type=tf.int64)}
 
+        def _decode_image(self, encoded_image_bytes):
+            """Decode only. Model Garden's also crops, resizes and truncates to uint8 here, expecting a
+            module per input type; od saves one (built for ``image_tensor``) whose ``serve`` crops and
+            resizes again, so image_bytes / tf_example saw a twice-cropped image. Now all three
+            signatures give the same numbers for the same pixels (one image size per batch)."""
+            image = tf.image.decode_image(encoded_image_bytes, channels=3, expand_animations=False)
+            image.set_shape((None, None, 3))
+            return image
+
     _MODULE = ODClassificationModule
     return ODClassificationModule
 
