@@ -43,6 +43,7 @@ class Box:
     difficult: bool = False
     truncated: bool = False
     pose: str = "Unspecified"
+    is_crowd: bool = False  # COCO iscrowd: kept as image/object/is_crowd (the evaluator ignores such boxes)
     origin: str = field(default="", compare=False)  # where it came from, for messages ("object 9 of 12")
 
     @property

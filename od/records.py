@@ -6,7 +6,8 @@ Three layouts are recognised (``--annotations``/``--images`` override):
      folder (images/ JPEGImages/ imgs/);
   3. XML files next to their images (LabelImg's default), searched recursively.
 A folder of images per class (``DATA/<class>/``, or ``DATA/{train,val,test}/<class>/``) and no
-XML is a classification dataset (``od.data.classification``); ``--layout`` overrides.
+XML is a classification dataset (``od.data.classification``); COCO, YOLO and CSV datasets are found by
+their readers (``od.data.formats``); ``--format`` overrides.
 
 First every XML is read and the whole conversion is planned (``od.data.plan``): images,
 classes, duplicates, splits, shards. Then the shards are written (``od.data.shards``), one
@@ -106,7 +107,7 @@ def print_summary(report: dict, out: Path, file=None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m od.records",
-        description="Convert a Pascal VOC dataset (XML + images), or a folder of images per class, to sharded "
+        description="Convert a labelled dataset (Pascal VOC, COCO JSON, YOLO txt or CSV, plus images), or a folder of images per class, to sharded "
         "TFRecords, a label map and report.json.",
         epilog="Layouts: VOCdevkit year folder; annotations/ beside images/; or XML next to images; classification: "
         "DATA/<class>/*.jpg or DATA/{train,val,test}/<class>/ (writes labels.txt beside the label map). "
@@ -114,11 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "2 usage error.",
     )
     ap.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="dataset folder")
-    ap.add_argument("--layout", choices=LAYOUTS, default="auto",
-                    help="auto (default): found from DATA_DIR; voc: the detection layouts only; classification: "
-                    "a folder of images per class")
+    ap.add_argument("--format", "--layout", dest="format", choices=LAYOUTS, default="auto",
+                    help="auto (default): found from DATA_DIR; voc | coco | yolo | csv: that label format only; "
+                    "classification: a folder of images per class")
     ap.add_argument("--annotations", metavar="DIR", help="folder of VOC XML files (overrides detection)")
     ap.add_argument("--images", metavar="DIR", help="folder of images (default: beside each XML)")
+    for split in ("train", "val", "test"):
+        ap.add_argument(f"--{split}-csv", metavar="CSV", help=f"CSV of the {split} boxes (implies --format csv; "
+                        "paths relative to DATA_DIR or absolute)")
     ap.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--label-map", metavar="PATH", help=f"label map to honour or create (default {DEFAULT_LABEL_MAP})")
     ap.add_argument("--add-classes", action="store_true", help="add classes missing from an existing label map")
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         error(f"--label-map {lm_path} is a folder; give a .pbtxt file path")
         return EXIT_USAGE
     try:
-        layout = detect_layout(args.data_dir, args.annotations, args.images, args.layout)
+        csv_files = {s: getattr(args, f"{s}_csv") for s in ("train", "val", "test") if getattr(args, f"{s}_csv")}
+        layout = detect_layout(args.data_dir, args.annotations, args.images, args.format, csv_files)
     except UsageError as e:
         error(str(e))
         return EXIT_USAGE

@@ -1,5 +1,6 @@
-"""Where a dataset's XML and images are: the three VOC layouts, ImageSets/Main lists, and the
-classification layout (a folder of images per class, optionally under train/ val/ test/)."""
+"""Where a dataset's labels and images are: the three VOC layouts, ImageSets/Main lists, the COCO,
+YOLO and CSV layouts (found by their modules, see ``od.data.formats``), and the classification
+layout (a folder of images per class, optionally under train/ val/ test/)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from od.io.files import read_file
 ANNOTATION_DIRS = ("annotations", "Annotations", "annots", "xml")
 IMAGE_DIRS = ("images", "JPEGImages", "imgs")
 SPLIT_DIRS = ("train", "val", "test")
-LAYOUTS = ("auto", "voc", "classification")  # --layout: voc = the detection layouts above
+LAYOUTS = ("auto", "voc", "coco", "yolo", "csv", "classification")  # --format (alias --layout)
+OTHER_FORMATS = ("coco", "yolo", "csv")  # tried in this order after VOC, before classification
 
 
 class UsageError(Exception):
@@ -26,7 +28,7 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str  # voc | folders | flat | explicit | classification
+    kind: str  # voc | folders | flat | explicit (the VOC layouts) | coco | yolo | csv | classification
     root: Path  # dataset root: images are never read from outside it (or images_dir)
     annotations_dir: Path
     images_dir: Path | None  # None: each image beside its XML
@@ -34,6 +36,9 @@ class Layout:
     description: str = ""
     explicit: tuple[Path, ...] = ()  # folders the user named (--annotations/--images): inside by choice
     presplit: bool = False  # classification: DATA/{train,val,test}/<class>/
+    # coco / yolo / csv: the label sources, each with the split it gives ("" = none: hash split);
+    # e.g. (("train", instances_train.json), ("val", instances_val.json)) or (("", train_labels.csv),)
+    sources: tuple[tuple[str, Path], ...] = ()
 
     def images_dir_for(self, xml: Path) -> Path | None:
         """Where ``xml``'s image lives; nested annotation folders mirror into the images folder."""
@@ -94,19 +99,32 @@ def _classification(dd: Path) -> Layout:
 
 
 def detect_layout(
-    data_dir: str | Path | None, annotations: str | None = None, images: str | None = None, kind: str = "auto"
+    data_dir: str | Path | None, annotations: str | None = None, images: str | None = None, kind: str = "auto",
+    csv_files: dict[str, str] | None = None,
 ) -> Layout:
-    """Work out where the XML and images are; raises UsageError with what was expected.
+    """Work out where the labels and images are; raises UsageError with what was expected.
 
-    ``kind`` (``--layout``): ``auto``; ``voc`` (the detection layouts only); ``classification``.
+    ``kind`` (``--format``): ``auto``; ``voc`` (the detection layouts only); ``coco``; ``yolo``;
+    ``csv``; ``classification``. ``csv_files``: ``--train-csv``/``--val-csv`` as ``{split: path}``.
     """
+    from od.data.formats import find_layout
+
     dd = Path(data_dir) if data_dir is not None else None
     if dd is not None and not dd.is_dir():
         raise UsageError(f"DATA_DIR {dd}: no such folder")
-    if kind == "classification":
+    if csv_files and kind not in ("auto", "csv"):
+        raise UsageError(f"--train-csv/--val-csv are for CSV datasets, not --format {kind}")
+    if csv_files:
+        kind = "csv"
+    if kind in OTHER_FORMATS or kind == "classification":
         if annotations or images or dd is None:
-            raise UsageError("--layout classification reads DATA_DIR only (not --annotations/--images)")
-        return _classification(dd)
+            raise UsageError(f"--format {kind} reads DATA_DIR only (not --annotations/--images)")
+        if kind == "classification":
+            return _classification(dd)
+        found = find_layout(kind, dd, csv_files)
+        if found is None:
+            raise UsageError(f"{dd} is not a {kind.upper() if kind != 'yolo' else 'YOLO'} dataset: {_EXPECTED[kind]}")
+        return found
     if annotations or images:
         ann = _resolve_dir(annotations, dd, "--annotations") if annotations else dd
         if ann is None:
@@ -141,14 +159,29 @@ def detect_layout(
         return Layout("folders", dd, ann, None, None, f"{ann.name}/ (images beside the XML)")
     if any_xml(dd):
         return Layout("flat", dd, dd, None, None, "XML next to the images")
-    if kind == "auto" and _looks_like_classes(dd):
-        return _classification(dd)
+    if kind == "auto":
+        for fmt in OTHER_FORMATS:
+            found = find_layout(fmt, dd)
+            if found is not None:
+                return found
+        if _looks_like_classes(dd):
+            return _classification(dd)
     raise UsageError(
         f"no Pascal VOC XML found in {dd}. Expected one of: a VOCdevkit year folder (Annotations/, JPEGImages/, "
         f"ImageSets/Main/); an annotations folder ({', '.join(ANNOTATION_DIRS)}) beside an images folder "
         f"({', '.join(IMAGE_DIRS)}); or .xml files next to their images. Or pass --annotations DIR --images DIR"
-        + ("." if kind == "voc" else "; or, for classification, a folder of images per class (DATA/<class>/*.jpg).")
+        + ("." if kind == "voc" else
+           "; or " + "; or ".join(f"{f.upper() if f != 'yolo' else 'YOLO'}: {_EXPECTED[f]}" for f in OTHER_FORMATS)
+           + "; or, for classification, a folder of images per class (DATA/<class>/*.jpg).")
     )
+
+
+# What each format's finder looks for (messages); the finders live in od/data/{coco,yolo,csvlabels}.py.
+_EXPECTED = {
+    "coco": "a COCO instances JSON (DATA/annotations/*.json or DATA/*.json) and its images folder",
+    "yolo": "YOLO txt labels (a data.yaml naming the classes and split folders, or images/ beside labels/)",
+    "csv": "a CSV of boxes (filename,width,height,class,xmin,ymin,xmax,ymax; or --train-csv/--val-csv) and the images",
+}
 
 
 def read_imagesets(main_dir: Path) -> dict[str, list[str]]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from od.core import DROPPED_BOX, SKIPPED_IMAGE, Annotation, Box, Problem
+from od.core import DROPPED_BOX, SKIPPED_IMAGE, Box, Problem
+from od.data.formats import Entry, LabelSet, read_labels
 from od.data.layout import Layout, read_imagesets
 from od.data.output import temp_name
 from od.data.splits import _split_of_digest, hash_split
@@ -91,46 +92,43 @@ class Plan:
     labels_bytes: bytes | None = None  # classification: labels.txt to write beside the label map
 
 
-class _Entry(NamedTuple):
-    name: str  # report name of the XML
-    key: str  # XML path relative to the annotations folder, no suffix: split, source id and order
-    ann: Annotation
-    image: str  # absolute image path
-
-
-def _read_annotations(layout: Layout, roots: Roots) -> tuple[list[_Entry], dict[str, list[Problem]], int]:
-    """Every XML of the layout parsed: (usable entries, problems per report name, number of XML files)."""
+def read_voc_labels(layout: Layout, roots: Roots) -> LabelSet:
+    """Every XML of a VOC layout parsed (the VOC reader of ``od.data.formats``)."""
     root = layout.root
-    problems: dict[str, list[Problem]] = {}
-    entries: list[_Entry] = []
-    num_xml = 0
+    labels = LabelSet()
     folders = [layout.annotations_dir] + ([layout.images_dir] if layout.images_dir is not None else [])
     for d in folders:
         why = roots.refuse(d) if d not in layout.explicit else None
         if why:
             name = _rel(d, root) + "/"
-            problems[name] = [Problem(name, f"folder {why}", SKIPPED_IMAGE)]
-            return entries, problems, num_xml
+            labels.add(Problem(name, f"folder {why}", SKIPPED_IMAGE))
+            return labels
     for path, problem in walk_xml(layout.annotations_dir, roots, lambda p: _rel(p, root)):
         if problem is not None:
-            num_xml += path.lower().endswith(".xml")
-            problems.setdefault(problem.file, []).append(problem)
+            labels.num_files += path.lower().endswith(".xml")
+            labels.add(problem)
             continue
-        num_xml += 1
+        labels.num_files += 1
         name = _rel(path, root)
         ann = parse_voc(path, root, layout.images_dir_for(Path(path)), roots)
         if ann.problems:
-            problems[name] = _refile(ann.problems, name)
+            labels.problems[name] = _refile(ann.problems, name)
         if ann.image_path is None:
             continue
         key = Path(os.path.relpath(path, layout.annotations_dir)).with_suffix("").as_posix()
-        entries.append(_Entry(name, key, ann, os.path.abspath(ann.image_path)))
-    return entries, problems, num_xml
+        labels.entries.append(Entry(name, key, ann, os.path.abspath(ann.image_path)))
+    return labels
 
 
-def _drop_duplicates(entries: list[_Entry], problems: dict[str, list[Problem]], root: Path) -> list[_Entry]:
+def _read_annotations(layout: Layout, roots: Roots) -> tuple[list[Entry], dict[str, list[Problem]], int]:
+    """Every label of the layout read, in its format: (entries, problems per report name, input count)."""
+    labels = read_labels(layout, roots)
+    return labels.entries, labels.problems, labels.num_files
+
+
+def _drop_duplicates(entries: list[Entry], problems: dict[str, list[Problem]], root: Path) -> list[Entry]:
     """Two XMLs -> one image: keep the XML named like the image (else the first), skip the rest."""
-    by_image: dict[str, list[_Entry]] = {}
+    by_image: dict[str, list[Entry]] = {}
     for e in entries:
         by_image.setdefault(e.image, []).append(e)
     dropped: set[str] = set()
@@ -178,7 +176,8 @@ def plan_dataset(
 
     root = layout.root
     roots = Roots.of(root, *layout.explicit, follow_links=follow_links)
-    entries, problems_by_xml, num_xml = _read_annotations(layout, roots)
+    labels = read_labels(layout, roots)
+    entries, problems_by_xml, num_xml = labels.entries, labels.problems, labels.num_files
     usable = _drop_duplicates(entries, problems_by_xml, root)
 
     found = sorted({b.name for e in usable for b in e.ann.boxes})
@@ -196,6 +195,8 @@ def plan_dataset(
         for stem in sets.get("trainval", []):
             if stem not in assigned:
                 assigned[stem] = hash_split(stem, val_fraction, 0.0)  # only trainval listed: split it
+    elif labels.splits:
+        split_src = labels.split_source or "given by the dataset"
 
     items: list[Item] = []
     not_listed: list[str] = []
@@ -210,8 +211,8 @@ def plan_dataset(
             if split is None:
                 not_listed.append(name)
                 continue
-        else:
-            split = _split_of_digest(digest, val_fraction, test_fraction)
+        else:  # the split the format gives (COCO files, YOLO folders, CSV files), else by hash
+            split = labels.splits.get(key) or _split_of_digest(digest, val_fraction, test_fraction)
         kept: list[Box] = []
         dropped_unknown: Counter = Counter()
         for b in ann.boxes:

@@ -189,7 +189,7 @@ def encode_example_parts(
     for key, values in (
         (K_HEIGHT, [int(height)]), (K_WIDTH, [int(width)]), (K_LABEL, [int(c) for c in class_ids]),
         (K_DIFFICULT, [int(bool(b.difficult)) for b in boxes]),
-        (K_TRUNCATED, [int(bool(b.truncated)) for b in boxes]), (K_IS_CROWD, [0] * len(boxes)),
+        (K_TRUNCATED, [int(bool(b.truncated)) for b in boxes]), (K_IS_CROWD, [int(bool(b.is_crowd)) for b in boxes]),
     ):
         f[key].int64_list.value.extend(values)
     rest = ex.SerializeToString(deterministic=True)  # 0x0a, length, the map entries in key order
@@ -286,6 +286,7 @@ class DecodedExample:
             Box.from_normalized_yxyx(
                 self.boxes_yxyx[i], w, h,
                 name=self.class_texts[i], difficult=bool(self.difficult[i]), truncated=bool(self.truncated[i]),
+                is_crowd=bool(self.is_crowd[i]) if self.is_crowd is not None else False,
             )
             for i in range(self.num_boxes)
         ]
