@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", metavar="PATH", help="label_map.pbtxt (default: the one inside the export; else numeric class ids)")
     p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help=f"classes shown per image, the most likely first (default {DEFAULT_TOP_K}, or the class count when fewer)")
-    # one flag per concept (README "CLI conventions"): the score threshold is --score-threshold everywhere
-    p.add_argument("--score-threshold", type=fraction(), default=None, metavar="T",
+    # one flag per concept (README "CLI conventions"): the score threshold is --score-threshold everywhere;
+    # --threshold is accepted too, the name label_image.py users reach for
+    p.add_argument("--score-threshold", "--threshold", dest="score_threshold", type=fraction(), default=None, metavar="T",
                    help="minimum score of the top class, in [0, 1]; below it the image is reported "
                    f"'{UNSURE}' (default: none, the top class always wins)")
     p.add_argument("--out", default=None, metavar="DIR",

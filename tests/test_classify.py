@@ -246,7 +246,7 @@ def test_threshold_one_makes_every_image_unsure(export, photos, tmp_path, capsys
 def test_json_and_csv_hold_the_scores_classifier_gives(export, classifier, photos, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run([photos, "--model", export, "--out", out, "--save-json", "--save-csv", "--top-k", "2",
-                 "--score-threshold", "0.4"]) == 0
+                 "--threshold", "0.4"]) == 0
     capsys.readouterr()
     data = json.loads((out / "classifications.json").read_text())
     assert data["classes"] == list(CLASSES) and data["top_k"] == 2 and data["score_threshold"] == 0.4
