@@ -337,20 +337,19 @@ def _train_and_evaluate(images: Path, work: Path) -> dict:
     return read_metrics(md / "eval" / "metrics.json")
 
 
-# Measured (2 shared cores, TF 2.20, --seed 0; the same numbers in two runs): real 0.326 on 178 val
-# images, shuffled 0.119 on 185. The whole test took 5.5 min beside another user's training (one
-# od.train of 300 steps: ~1.6 min on idle cores, ~3.7 min on busy ones). Chance is 1/6 = 0.167
-# (binomial sd ~0.028 here), so 0.25 is ~3 sd above chance and ~2.7 sd below the real run.
-# Fewer images overfit: 600 steps on 240 shapes gave val 0.20 with train 0.74.
-LEARN_IMAGES = 960
+# Measured with the shipped template (Adam, cosine over --steps), --seed 0, 480 shapes, 300 steps
+# (2 shared cores, TF 2.20; 3.7 min for the whole test): val top-1 0.745 real, 0.149 shuffled, on 94
+# val images each. Chance is 1/6 = 0.167 (binomial sd ~0.04 at n=94), so the ceiling 0.3 is ~3.5 sd
+# above chance and the floor 0.5 ~5 sd below the real run. (The demo's 800 steps reach 0.98-1.0.)
+LEARN_IMAGES = 480
 LEARN_STEPS = 300
-TOP1_FLOOR = 0.25
-SHUFFLED_CEILING = 0.25
+TOP1_FLOOR = 0.5
+SHUFFLED_CEILING = 0.3
 
 
 @pytest.mark.slow
 def test_cpu_template_learns_shapes_and_shuffled_labels_do_not(tmp_path):
-    """300 steps of the CPU template on 960 shapes: val top-1 clears a floor that the same images with
+    """300 steps of the CPU template on 480 shapes: val top-1 clears a floor that the same images with
     their class folders shuffled do not reach, so the floor measures learning, not the pipeline."""
     from od.data.synthetic_classes import generate
 
@@ -369,6 +368,6 @@ def test_cpu_template_learns_shapes_and_shuffled_labels_do_not(tmp_path):
 
     print(f"top-1 real {real['top1']:.3f}, shuffled {shuffled['top1']:.3f} "
           f"({real['num_images']} / {shuffled['num_images']} val images)")
-    assert real["num_images"] >= 150 and shuffled["num_images"] >= 150
+    assert real["num_images"] >= 70 and shuffled["num_images"] >= 70
     assert real["top1"] >= TOP1_FLOOR, real["top1"]
     assert shuffled["top1"] <= SHUFFLED_CEILING, shuffled["top1"]
