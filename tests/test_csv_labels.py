@@ -353,3 +353,23 @@ def test_write_csv_round_trip_through_od_records(tmp_path):
         assert split == im.split
         assert _px(e) == [(b.name, round(b.xmin, 2), round(b.ymin, 2), round(b.xmax, 2), round(b.ymax, 2))
                           for b in im.boxes if not b.is_crowd]
+
+
+def test_a_train_csv_alone_gets_a_hash_val_split(tmp_path):
+    """Only train_labels.csv: od.train needs a val split, so it comes from the hash like a VOC folder's."""
+    from od.data.layout import detect_layout
+    from od.data.plan import plan_dataset
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    for i in range(40):
+        Image.new("RGB", (64, 48), (i, 2 * i, 90)).save(data / "images" / f"im{i:02d}.jpg")
+        rows.append(f"im{i:02d}.jpg,64,48,cat,4,4,40,30")
+    (data / "train_labels.csv").write_text("\n".join(rows) + "\n")
+    plan = plan_dataset(detect_layout(data), tmp_path / "lm.pbtxt", add_classes=False, skip_difficult=False,
+                        val_fraction=0.25, test_fraction=0.0)
+    splits = {it.split for it in plan.items}
+    assert splits == {"train", "val"} and plan.splits_source == "hash"
