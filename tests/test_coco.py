@@ -128,7 +128,7 @@ def test_coco_download_layout_splits_boxes_crowd_and_negatives(tmp_path):
     _write(data / "annotations" / "captions_train2017.json", {"images": [{"id": 1, "file_name": "x.jpg"}],
                                                              "annotations": [{"id": 1, "image_id": 1}]})
     layout = detect_layout(data)
-    assert layout.kind == "coco"
+    assert layout.kind == "coco" and layout.description.endswith("images in train2017/, val2017/")
     assert [(s, p.name) for s, p in layout.sources] == [("train", "instances_train2017.json"),
                                                        ("val", "instances_val2017.json")]
 
@@ -200,7 +200,7 @@ def test_not_coco(tmp_path):
 
 def test_malformed_parts_reported_with_file_and_id_while_the_rest_converts(tmp_path):
     data = tmp_path / "bad"
-    for n in ("ok", "dupname", "neg", "poly", "both", "crowdy"):
+    for n in ("ok", "dupname", "neg", "poly", "both", "crowdy", "win"):
         _img(data / "images" / f"{n}.jpg", size=(100, 80))
     _img(tmp_path / "secret.jpg")
     os.symlink(tmp_path / "secret.jpg", data / "images" / "link.jpg")
@@ -218,6 +218,7 @@ def test_malformed_parts_reported_with_file_and_id_while_the_rest_converts(tmp_p
         {"file_name": "noid.jpg"},
         {"id": 8, "file_name": "both.jpg"},
         {"id": 9, "file_name": "crowdy.jpg"},
+        {"id": 10, "file_name": "C:\\Users\\me\\pics\\win.jpg"},  # an absolute Windows path: its base name
     ]
     anns = [
         {"id": 10, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},  # fine
@@ -272,11 +273,12 @@ def test_malformed_parts_reported_with_file_and_id_while_the_rest_converts(tmp_p
     assert _find(p, f"{tr} (image 5)", "'..'", "never")[2] == SKIPPED_IMAGE
     assert _find(p, f"{tr} (image 6)", "outside the dataset")[2] == SKIPPED_IMAGE
     assert _find(p, f"{tr} (images[8])", "no usable id")[2] == SKIPPED_IMAGE
+    assert _find(p, f"{tr} (image 10)", "absolute path", "using images/win.jpg")[2] == FIXED
     assert _find(p, "annotations/instances_val.json (image 1)", "same image as", f"{tr} (image 8)",
                  "its 1 annotation")[2] == SKIPPED_IMAGE
 
     # what was good converted, with exactly its boxes
-    assert set(got) == {"ok.jpg", "neg.jpg", "poly.jpg", "both.jpg", "crowdy.jpg"}
+    assert set(got) == {"ok.jpg", "neg.jpg", "poly.jpg", "both.jpg", "crowdy.jpg", "win.jpg"}
     assert _close(got["ok.jpg"][1], [("cat", 10, 10, 30, 30, False), ("cat", 50, 40, 60, 50, False)])
     assert _close(got["neg.jpg"][1], [("dog", 5, 5, 15, 15, False)])
     assert _close(got["poly.jpg"][1], [("dog", 10, 20, 40, 60, False)])

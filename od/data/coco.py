@@ -123,8 +123,9 @@ def find_coco(data_dir: Path) -> Layout | None:
     sources = sorted(((split_of(_rel(p, dd)), p) for p in found), key=lambda s: (SPLIT_ORDER[s[0]], str(s[1])))
     images_dir = next((dd / n for n in IMAGE_DIRS if (dd / n).is_dir()), None)
     names = ", ".join(f"{_rel(p, dd)}" + (f" ({s})" if s else "") for s, p in sources)
-    where = f"images in {images_dir.name}/ or beside" if images_dir else "images beside"
-    return Layout("coco", dd, found[0].parent, images_dir, description=f"COCO JSON {names}; {where}",
+    dirs = list(dict.fromkeys(_image_dirs(dd, images_dir, p, s)[0] for s, p in sources))  # the likeliest
+    where = ", ".join(_rel(d, dd) + "/" if os.path.abspath(d) != os.path.abspath(dd) else "DATA_DIR/" for d in dirs)
+    return Layout("coco", dd, found[0].parent, images_dir, description=f"COCO JSON {names}; images in {where}",
                   sources=tuple(sources))
 
 
@@ -195,15 +196,14 @@ def _load(path: Path, roots: Roots) -> dict | str:
     return obj
 
 
-def _image_dirs(layout: Layout, json_path: Path, split: str) -> list[str]:
+def _image_dirs(root: Path, images_dir: Path | None, json_path: Path, split: str) -> list[str]:
     """Where the images of ``json_path`` may be, most specific first: images/train2017/,
     train2017/ (the folder the file names), images/, beside the JSON, the dataset root."""
-    root = layout.root
     token = json_path.stem.rsplit("_", 1)[-1]
     cands = [root / n / token for n in IMAGE_DIRS] + [root / token]
     if split:
         cands += [root / n / split for n in IMAGE_DIRS]
-    cands += ([layout.images_dir] if layout.images_dir else []) + [json_path.parent, root]
+    cands += ([images_dir] if images_dir else []) + [json_path.parent, root]
     out: list[str] = []
     for d in cands:
         s = os.fspath(d)
@@ -325,7 +325,7 @@ def _read_file(split: str, path: Path, layout: Layout, roots: Roots, labels: Lab
                            "boxes dropped (images read as negatives)", DROPPED_BOX))
         anns = []
     names = _categories(cats or [], name, labels)
-    dirs = _image_dirs(layout, path, split)
+    dirs = _image_dirs(root, layout.images_dir, path, split)
 
     by_id: dict = {}
     skipped: dict = {}  # image id -> (where, why): reported once its annotations are counted
