@@ -3,7 +3,8 @@
 Reads what ``od.export`` wrote (``exported/<name>/{saved_model,label_map.pbtxt,model.json}``)
 or any OD-API-style detection SavedModel / TF Hub handle. Writes one annotated image per
 input under ``--out`` (default ``detections/``), plus optional JSON, Pascal VOC pre-labels
-(the active-learning loop: correct them in LabelImg, then ``od.records``) and crops.
+(the active-learning loop: correct them in LabelImg, then ``od.records``), one COCO JSON of
+the whole run (pre-labels for CVAT / Label Studio, read back by ``od.records``) and crops.
 
 TensorFlow is imported only after the arguments are parsed, so ``--help`` is instant.
 """
@@ -11,6 +12,7 @@ TensorFlow is imported only after the arguments are parsed, so ``--help`` is ins
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +34,7 @@ from od.options import add_common, add_force, add_max_detections, add_score_thre
 
 
 DEFAULT_OUT = Path("detections")
+COCO_JSON = "coco"  # <out>/coco.json (--save-coco): every detection of the run as one COCO file
 
 
 # --------------------------------------------------------------------------- arguments
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m od.detect photos/                      # newest model under exported/\n"
             "  python -m od.detect 'shots/*.jpg' --model exported/raccoon --score-threshold 0.3\n"
             "  python -m od.detect new/ --save-voc              # pre-labels in detections/voc/ for LabelImg\n"
+            "  python -m od.detect new/ --save-coco             # detections/coco.json for CVAT / Label Studio\n"
             "Exit codes: 0 all images done, 1 some images failed, 2 usage error (bad flag, no model)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-voc",
         action="store_true",
         help="write Pascal VOC pre-labels + image copies to <out>/voc/ (open in LabelImg; feed to od.records)",
+    )
+    p.add_argument(
+        "--save-coco",
+        action="store_true",
+        help=f"write <out>/{COCO_JSON}.json: the run's detections as one COCO file (file_name relative to the "
+        "folder of the inputs, categories from the label map, a score per box) for CVAT / Label Studio",
     )
     p.add_argument("--save-crops", action="store_true", help="write each kept box as <out>/crops/<class>/<image>_<n>.jpg")
     add_force(p, "files in --out that od.detect did not write, and VOC XMLs in <out>/voc/ (maybe hand-corrected)")
@@ -105,6 +115,44 @@ def parse_class_filter(spec: str | None, id_to_name: dict[int, str]) -> set[int]
     return ids
 
 
+
+
+def _keep_key_free(images: list[InputImage], stem: str) -> list[InputImage]:
+    """Images keyed ``stem`` renamed ``stem_2``...: with --save-json their ``<key>.json`` would be
+    the run-wide ``<out>/<stem>.json``."""
+    taken = {i.key.lower() for i in images}
+    out: list[InputImage] = []
+    for im in images:
+        if im.key.lower() == stem:
+            n = 2
+            while f"{im.key}_{n}".lower() in taken:
+                n += 1
+            taken.add(f"{im.key}_{n}".lower())
+            im = dataclasses.replace(im, key=f"{im.key}_{n}")
+        out.append(im)
+    return out
+
+
+def coco_root(specs: Sequence[str], images: Sequence[InputImage]) -> Path:
+    """The folder ``file_name`` is relative to in ``--save-coco``: the common folder of the folders
+    given and of the images given one by one (so ``photos/`` gives ``a.jpg``, ``sub/b.jpg``)."""
+    dirs = [os.path.abspath(s) for s in specs if os.path.isdir(s)]
+    parts = list(dirs)
+    for im in images:
+        p = os.path.abspath(im.path)
+        if not any(p.startswith(d.rstrip(os.sep) + os.sep) for d in dirs):
+            parts.append(os.path.dirname(p))
+    return Path(os.path.commonpath(parts)) if parts else Path.cwd()
+
+
+def _coco_bytes(results: Sequence[Result], root: Path, id_to_name: dict[int, str], meta: dict) -> bytes:
+    from od.data.coco import format_detections
+
+    rows = [(Path(os.path.relpath(os.path.abspath(r.image.path), root)).as_posix(), r.width, r.height, r.detections)
+            for r in results]
+    info = {"description": "detections by od.detect", "images_root": shown(root), **meta}
+    doc = format_detections([(shown(f), w, h, d) for f, w, h, d in rows], id_to_name, info)
+    return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
 
 
 def _summary_line(res: Result) -> str:
@@ -228,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     images, input_problems = collect_inputs(args.inputs, out)
     input_problems = [shown(p) for p in input_problems]
+    if args.save_coco and args.save_json:
+        images = _keep_key_free(images, COCO_JSON)
     for p in input_problems:
         error(p)
     if not images:
@@ -287,6 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             error(problem)
             input_problems.append(problem)
+    if args.save_coco:
+        data = _coco_bytes(done, coco_root(args.inputs, [r.image for r in done]), id_to_name, meta)
+        problem = writer.write_file(out / f"{COCO_JSON}.json", data)
+        writer.finish()
+        if problem:
+            error(problem)
+            input_problems.append(problem)
 
     per_class: dict[str, list[int]] = {}
     for r in done:
@@ -303,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     extras = [f"{shown(out)}/{k}/" for k, on in (("voc", args.save_voc), ("crops", args.save_crops)) if on]
     if args.save_json:
         extras.append(f"{shown(out)}/{COMBINED_JSON}.json")
+    if args.save_coco:
+        extras.append(f"{shown(out)}/{COCO_JSON}.json")
     if extras:
         print("also wrote: " + ", ".join(extras))
     kept = [r for r in done if r.kept_voc]
