@@ -101,7 +101,11 @@ def test_one_flag_per_concept_with_one_meaning(flag):
 
 def test_renamed_flags_are_gone():
     for name, p in commands().items():
-        old = [f for f in RENAMED if f in flags(p)]
+        fl = flags(p)
+        old = [f for f in RENAMED if f in fl]
+        if name == "classify":  # the classification issue's own spelling: the same action as --score-threshold
+            assert fl["--threshold"] is fl["--score-threshold"]
+            old.remove("--threshold")
         assert not old, f"{name} still has {old}"
     # `od-configs render NAME` (the issue's own spelling) stays: the same template as --config NAME.
     from od import configs
