@@ -398,3 +398,92 @@ def test_label_path_is_ultralytics_rule():
     assert label_path("/d/images/train/a.jpg") == Path("/d/labels/train/a.txt")
     assert label_path("/d/images/x/images/b.png") == Path("/d/images/x/labels/b.txt")  # the last /images/
     assert label_path("/d/obj_train_data/c.jpeg") == Path("/d/obj_train_data/c.txt")  # beside the image
+
+
+# --------------------------------------------------------------------------- od.detect --save-yolo
+
+# A SavedModel that ignores its input and returns these (normalised ymin, xmin, ymax, xmax), score, class id.
+RAW = [((0.20, 0.10, 0.80, 0.50), 0.90, 1), ((0.10, 0.60, 0.90, 0.95), 0.70, 2), ((0.30, 0.30, 0.60, 0.70), 0.60, 3)]
+DET_NAMES = {1: "cat", 2: "dog", 3: "bird"}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    import tensorflow as tf
+
+    exp = tmp_path_factory.mktemp("models") / "exported" / "tiny"
+    boxes = np.array([[r[0] for r in RAW]], np.float32)
+    scores = np.array([[r[1] for r in RAW]], np.float32)
+    classes = np.array([[r[2] for r in RAW]], np.float32)
+
+    class Fixed(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        def serve(self, images):
+            b = tf.shape(images)[0]
+            return {"detection_boxes": tf.tile(boxes, [b, 1, 1]), "detection_scores": tf.tile(scores, [b, 1]),
+                    "detection_classes": tf.tile(classes, [b, 1]), "num_detections": tf.fill([b], float(len(RAW)))}
+
+    m = Fixed()
+    tf.saved_model.save(m, str(exp / "saved_model"), signatures={"serving_default": m.serve})
+    (exp / "label_map.pbtxt").write_text("".join(f"item {{\n  id: {i}\n  name: '{n}'\n}}\n"
+                                                 for i, n in DET_NAMES.items()))
+    return str(exp)
+
+
+def _detect(*args) -> int:
+    from od import detect
+
+    return detect.main([str(a) for a in args])
+
+
+def test_save_yolo_pre_labels_read_back_by_od_records(tmp_path, model):
+    w, h = 320, 240
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in range(3):
+        Image.new("RGB", (w, h), (30 + 40 * n, 60, 90)).save(photos / f"p{n}.jpg")
+    # EXIF 6: detected on (and boxes relative to) the rotated 240x320 image
+    Image.new("RGB", (w, h), (200, 60, 90)).save(photos / "rot.jpg", exif=_exif(6))
+    out = tmp_path / "det"
+    assert _detect(photos, "--model", model, "--out", out, "--save-yolo") == 0
+    y = out / "yolo"
+    import yaml
+
+    data = yaml.safe_load((y / "data.yaml").read_text())
+    assert data["names"] == {0: "cat", 1: "dog", 2: "bird"} and data["train"] == "images/train"
+    assert (y / "classes.txt").read_text() == "cat\ndog\nbird\n"
+    assert (y / "images" / "train" / "p0.jpg").read_bytes() == (photos / "p0.jpg").read_bytes()  # byte copy
+    rows = (y / "labels" / "train" / "p0.txt").read_text().splitlines()
+    assert [r.split()[0] for r in rows] == ["0", "1", "2"] and all(len(r.split()) == 5 for r in rows)  # no score
+    assert rows[0] == "0 0.300000 0.500000 0.400000 0.600000"
+    rot = Image.open(y / "images" / "train" / "rot.jpg")
+    assert rot.size == (h, w) and rot.getexif().get(0x0112) in (None, 1)  # the pixels detected on
+
+    rc, rep = _records(y, tmp_path / "rec")
+    assert rc == 0 and not [p for p in rep["problems"] if p["action"] != FIXED], rep["problems"]
+    ex = {Path(k).name: e for k, (_, e) in _examples(tmp_path / "rec").items()}
+    assert set(ex) == {"p0.jpg", "p1.jpg", "p2.jpg", "rot.jpg"}
+    for name, e in ex.items():
+        iw, ih = (h, w) if name == "rot.jpg" else (w, h)
+        assert (e.width, e.height) == (iw, ih)
+        want = [Box(x0 * iw, y0 * ih, x1 * iw, y1 * ih, DET_NAMES[c]) for (y0, x0, y1, x1), _, c in RAW]
+        _same_boxes(e.boxes_px(), want, tol=1e-3)
+
+    # a re-run keeps a hand-corrected txt unless --force; od's own files are replaced
+    txt = y / "labels" / "train" / "p1.txt"
+    txt.write_text("1 0.5 0.5 0.1 0.1\n")
+    assert _detect(photos, "--model", model, "--out", out, "--save-yolo") == 0
+    assert txt.read_text() == "1 0.5 0.5 0.1 0.1\n"
+    assert _detect(photos, "--model", model, "--out", out, "--save-yolo", "--force", "--yolo-scores") == 0
+    rows = txt.read_text().splitlines()
+    assert len(rows) == 3 and [r.split()[5] for r in rows] == ["0.900000", "0.700000", "0.600000"]
+    labels = _read(y)  # the score column is read back (and ignored, with a note)
+    assert sum(len(e.ann.boxes) for e in labels.entries) == 12
+
+    # a data.yaml od did not write is not replaced
+    other = tmp_path / "other"
+    (other / "yolo").mkdir(parents=True)
+    (other / "yolo" / "data.yaml").write_text("mine\n")
+    assert _detect(photos / "p0.jpg", "--model", model, "--out", other, "--save-yolo") == 1
+    assert (other / "yolo" / "data.yaml").read_text() == "mine\n"
+    assert _detect(photos / "p0.jpg", "--model", model, "--out", other, "--yolo-scores") == 2
