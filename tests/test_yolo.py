@@ -398,6 +398,21 @@ def test_label_path_is_ultralytics_rule():
     assert label_path("/d/images/train/a.jpg") == Path("/d/labels/train/a.txt")
     assert label_path("/d/images/x/images/b.png") == Path("/d/images/x/labels/b.txt")  # the last /images/
     assert label_path("/d/obj_train_data/c.jpeg") == Path("/d/obj_train_data/c.txt")  # beside the image
+    # inside a dataset only its own folders count: an "images" folder above it changes nothing
+    assert label_path("/u/images/ds/obj/c.jpg", "/u/images/ds") == Path("/u/images/ds/obj/c.txt")
+    assert label_path("/u/images/ds/images/c.jpg", "/u/images/ds") == Path("/u/images/ds/labels/c.txt")
+
+
+def test_dataset_below_a_folder_named_images(tmp_path):
+    ds = tmp_path / "images" / "ds"  # darknet style: txt beside each image
+    truth = _synthetic(ds, {"": range(2)}, images="obj_train_data", labels="obj_train_data")
+    (ds / "data.yaml").write_text("train: obj_train_data\nnames: [circle, square, triangle]\n")
+    for d in (ds, Path(os.path.relpath(ds))):
+        labels = _read(d)
+        assert _problems(labels) == [] and len(labels.entries) == 2
+        for e in labels.entries:
+            assert Path(e.ann.xml_path).parent == Path(e.image).parent  # the txt beside the image
+            _same_boxes(list(e.ann.boxes), truth[Path(e.image).name], tol=1e-3)
 
 
 # --------------------------------------------------------------------------- od.detect --save-yolo

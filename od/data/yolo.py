@@ -57,9 +57,17 @@ class _Spec:
 # --------------------------------------------------------------------------- paths
 
 
-def label_path(image: str | os.PathLike) -> Path:
-    """Ultralytics' image -> label rule: the last ``/images/`` becomes ``/labels/``, suffix ``.txt``."""
+def label_path(image: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Ultralytics' image -> label rule: the last ``/images/`` becomes ``/labels/``, suffix ``.txt``.
+
+    With ``root``, only the part of the path inside it counts (Ultralytics applies the rule to the
+    absolute path; inside a dataset that is the same unless a folder above it is named ``images``,
+    which must not send od's lookups out of the dataset)."""
     s = os.fspath(image)
+    if root is not None:
+        a, r = os.path.abspath(s), os.path.abspath(root).rstrip(os.sep)
+        if a.startswith(r + os.sep):
+            return Path(r + os.fspath(label_path(a[len(r):])))
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
     if sa in s:
         head, tail = s.rsplit(sa, 1)
@@ -67,9 +75,9 @@ def label_path(image: str | os.PathLike) -> Path:
     return Path(os.path.splitext(s)[0] + ".txt")
 
 
-def _label_dir(folder: Path) -> Path:
+def _label_dir(folder: Path, root: Path) -> Path:
     """The labels folder of an images folder (the same rule on a folder)."""
-    return label_path(folder / "x.jpg").parent
+    return label_path(folder / "x.jpg", root).parent
 
 
 def _image_dir(label_dir: Path) -> Path:
@@ -494,7 +502,7 @@ def read_yolo(layout: Layout, roots: Roots) -> LabelSet:
     label_dirs: list[Path] = []
     for split, src in sorted(spec.sources, key=lambda s: s[0] == ""):
         if src.is_dir():
-            label_dirs.append(_label_dir(src))
+            label_dirs.append(_label_dir(src, dd))
             listing: list[tuple[Path, str]] = []
             for path, problem in walk_files(src, roots, lambda p: _rel(p, dd), IMAGE_SUFFIXES):
                 if problem is not None:
@@ -525,7 +533,7 @@ def read_yolo(layout: Layout, roots: Roots) -> LabelSet:
         if why:
             labels.add(Problem(img_name, f"image {why}", SKIPPED_IMAGE))
             continue
-        lbl = label_path(img)
+        lbl = label_path(img, dd)
         lbl_name = _rel(lbl, dd)
         real_lbl = os.path.realpath(lbl)
         if real_lbl in used_labels:
@@ -667,11 +675,11 @@ def write_yolo(images: Sequence[LabelledImage], classes: Sequence[str], out: Pat
         split = im.split if im.split in SPLIT_KEYS else "train"
         rel = _safe_rel(im.image_name)
         dest = out / "images" / split / rel
-        lbl = label_path(dest)
+        lbl = label_path(dest, out)
         if lbl in used:
             rel = rel.with_name(f"{rel.stem}-{rel.suffix.lstrip('.').lower()}{rel.suffix}")
             dest = out / "images" / split / rel
-            lbl = label_path(dest)
+            lbl = label_path(dest, out)
         used.add(lbl)
         splits[split] = f"images/{split}"
         copy_image(im.image_path, dest)
