@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m od.detect 'shots/*.jpg' --model exported/raccoon --score-threshold 0.3\n"
             "  python -m od.detect new/ --save-voc              # pre-labels in detections/voc/ for LabelImg\n"
             "  python -m od.detect new/ --save-coco             # detections/coco.json for CVAT / Label Studio\n"
+            "  python -m od.detect new/ --save-yolo             # YOLO pre-labels in detections/yolo/ (CVAT, Label Studio)\n"
             "Exit codes: 0 all images done, 1 some images failed, 2 usage error (bad flag, no model)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,8 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"write <out>/{COCO_JSON}.json: the run's detections as one COCO file (file_name relative to the "
         "folder of the inputs, categories from the label map, a score per box) for CVAT / Label Studio",
     )
+        "--save-yolo",
+        action="store_true",
+        help="write YOLO txt pre-labels + image copies to <out>/yolo/ (Ultralytics layout with data.yaml and "
+        "classes.txt: import into CVAT / Label Studio / Ultralytics; feed to od.records)",
+    )
+    p.add_argument("--yolo-scores", action="store_true",
+                   help="with --save-yolo: each box's score as a 6th column (as Ultralytics save_conf writes; "
+                   "off by default: CVAT's YOLO import does not take it)")
     p.add_argument("--save-crops", action="store_true", help="write each kept box as <out>/crops/<class>/<image>_<n>.jpg")
-    add_force(p, "files in --out that od.detect did not write, and VOC XMLs in <out>/voc/ (maybe hand-corrected)")
+    add_force(p, "files in --out that od.detect did not write, and VOC XMLs / YOLO txts in <out>/voc/, <out>/yolo/ "
+              "(maybe hand-corrected)")
     add_common(p)
     return p
 
@@ -206,6 +216,8 @@ def run(
             line = _summary_line(res)
             if res.kept_voc:
                 line += f" (kept existing {shown(writer.out / 'voc' / (res.image.key + '.xml'))}; --force replaces it)"
+            if res.kept_yolo:
+                line += f" (kept existing {shown(writer.yolo_label(res.image))}; --force replaces it)"
             if bar.disable:
                 print(line, flush=True)
             else:
@@ -255,6 +267,9 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow(args.verbose)
+    if args.yolo_scores and not args.save_yolo:
+        error("--yolo-scores adds a column to --save-yolo's txt files; pass --save-yolo too")
+        return EXIT_USAGE
 
     out = Path(args.out) if args.out else DEFAULT_OUT
     if not args.out:
@@ -309,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_detections": args.max_detections,
     }
     writer = OutputWriter(out, [i.path for i in images], args.save_json, args.save_voc, args.save_crops, args.force, meta,
-                          manifest)
+                          manifest, save_yolo=args.save_yolo, yolo_scores=args.yolo_scores,
+                          yolo_classes=[id_to_name[i] for i in sorted(id_to_name)])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -329,6 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     done = [r for r in results if not r.error]
     failed = [r for r in results if r.error]
+    if args.save_yolo and done:
+        problem = writer.write_yolo_names()
+        writer.finish()
+        if problem:
+            error(problem)
+            input_problems.append(problem)
     if args.save_json:
         combined = {**meta, "images": [writer.record(r) for r in done],
                     "failed": [{"image": shown(r.image.path), "error": r.error} for r in failed]}
@@ -357,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(["class", "images", "boxes"], [[c, v[0], v[1]] for c, v in sorted(per_class.items())])
     rate = len(done) / elapsed if elapsed > 0 else 0.0
     print(f"{len(done)} image(s) done, {len(failed) + len(input_problems)} failed, {rate:.2f} img/s; outputs in {shown(out)}/")
-    extras = [f"{shown(out)}/{k}/" for k, on in (("voc", args.save_voc), ("crops", args.save_crops)) if on]
+    extras = [f"{shown(out)}/{k}/" for k, on in (("voc", args.save_voc), ("yolo", args.save_yolo),
+                                                 ("crops", args.save_crops)) if on]
     if args.save_json:
         extras.append(f"{shown(out)}/{COMBINED_JSON}.json")
     if args.save_coco:
@@ -367,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = [r for r in done if r.kept_voc]
     if kept:
         warn(f"{len(kept)} VOC XML(s) already in {out}/voc/ were kept (maybe hand-corrected); --force replaces them")
+    kept = [r for r in done if r.kept_yolo]
+    if kept:
+        warn(f"{len(kept)} YOLO txt(s) already in {out}/yolo/labels/ were kept (maybe hand-corrected); "
+             "--force replaces them")
     if failed or input_problems:
         for msg in [*input_problems, *(r.error for r in failed)]:
             print(f"  failed: {msg}", file=sys.stderr)

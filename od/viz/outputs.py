@@ -51,6 +51,7 @@ class Result:
     annotated: Path | None = None
     error: str | None = None
     kept_voc: bool = False
+    kept_yolo: bool = False
 
 
 class OutputError(Exception):
@@ -162,8 +163,11 @@ class OutputWriter:
     file, and never onto a file the step did not write (see ``Manifest``) unless ``force``."""
 
     def __init__(self, out: Path, inputs: Iterable[Path], save_json: bool, save_voc: bool, save_crops: bool,
-                 force: bool, meta: dict, manifest: Manifest | None = None):
+                 force: bool, meta: dict, manifest: Manifest | None = None, *, save_yolo: bool = False,
+                 yolo_classes: Iterable[str] = (), yolo_scores: bool = False):
         self.out = out
+        self.save_yolo, self.yolo_scores = save_yolo, yolo_scores
+        self.yolo_classes: list[str] = list(yolo_classes)  # index = YOLO class; names not in it are appended
         self._inputs = {p.resolve() for p in inputs}
         self.save_json, self.save_voc, self.save_crops, self.force = save_json, save_voc, save_crops, force
         self.meta = meta
@@ -199,6 +203,10 @@ class OutputWriter:
             voc = self._voc(item, image, detections)
             res.kept_voc = not voc
             files.update(voc)
+        if self.save_yolo:
+            yolo = self._yolo(item, image, detections)
+            res.kept_yolo = not yolo
+            files.update(yolo)
         problem = self.check(files)
         if problem:
             res.annotated, res.error = None, f"{shown(item.path)}: {problem}"
@@ -311,7 +319,46 @@ class OutputWriter:
                               depth=3, folder=xml.parent.name)
         return {img_path: img_data, xml: xml_data}
 
-    def _voc_image(self, item: InputImage, image: Image.Image, key: str) -> tuple[Path, bytes]:
+    def yolo_label(self, item: InputImage) -> Path:
+        return self._target(self.out / "yolo" / "labels" / "train" / f"{shown(item.key)}.txt")
+
+    def _yolo(self, item: InputImage, image: Image.Image, detections: list[Detection]) -> dict[Path, bytes]:
+        """YOLO pre-labels in the Ultralytics layout: <out>/yolo/labels/train/<key>.txt beside
+        <out>/yolo/images/train/<key>.<ext> (the pixels detected on, as for --save-voc); data.yaml and
+        classes.txt come at the end of the run (``write_yolo_names``). Empty when an existing txt is
+        kept (maybe hand-corrected: replaced only with --force). Scores only with ``yolo_scores``."""
+        from od.data.yolo import format_yolo
+
+        txt = self.yolo_label(item)
+        if os.path.lexists(txt) and not self.force:
+            return {}
+        for d in detections:
+            if d.class_name not in self.yolo_classes:
+                self.yolo_classes.append(d.class_name)
+        index = {n: i for i, n in enumerate(self.yolo_classes)}
+        img_path, img_data = self._voc_image(item, image, shown(item.key), folder="yolo/images/train")
+        text = format_yolo([d.box for d in detections], image.width, image.height, index,
+                           [d.score for d in detections] if self.yolo_scores else None)
+        return {img_path: img_data, txt: text.encode("utf-8")}
+
+    def write_yolo_names(self) -> str | None:
+        """<out>/yolo/data.yaml + classes.txt naming the classes of the txt files (why not written, or None)."""
+        from od.data.yolo import format_classes_txt, format_data_yaml
+
+        # val: the same images (Ultralytics wants a val:); od.records then splits them by hash
+        files = {self.out / "yolo" / "data.yaml":
+                 format_data_yaml(self.yolo_classes, {"train": "images/train", "val": "images/train"}).encode(),
+                 self.out / "yolo" / "classes.txt": format_classes_txt(self.yolo_classes).encode()}
+        problem = self.check(files)
+        if problem is not None:
+            return problem
+        try:
+            self.commit(files)
+        except OSError as e:
+            return f"{shown(self.out / 'yolo')}: cannot write data.yaml: {e.strerror or e}"
+        return None
+
+    def _voc_image(self, item: InputImage, image: Image.Image, key: str, folder: str = "voc") -> tuple[Path, bytes]:
         """Copy the input byte for byte when its pixels are what was detected on (JPEG/PNG with
         no EXIF rotation); otherwise store the RGB pixels the boxes refer to as JPEG."""
         import io
@@ -328,8 +375,8 @@ class OutputWriter:
             except Exception:  # noqa: BLE001 - then store the decoded pixels instead
                 copy_ok = False
         if copy_ok:
-            return self._target(self.out / "voc" / f"{key}{suffix}"), data
-        dest = self._target(self.out / "voc" / f"{key}.jpg")
+            return self._target(self.out / folder / f"{key}{suffix}"), data
+        dest = self._target(self.out / folder / f"{key}.jpg")
         return dest, encode_image(image, dest, quality=95)
 
 
