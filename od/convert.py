@@ -14,13 +14,21 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
+from od.console import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    EXIT_USAGE,
+    error,
+    note_default,
+    print_table,
+    warn,
+)
 from od.data.formats import FORMATS
 from od.data.layout import UsageError, detect_layout
+from od.data.reformat import DEFAULT_VAL_FRACTION, IMAGE_MODES
 from od.options import add_common, add_force, fraction
 
 MAX_PROBLEMS_SHOWN = 20
-DEFAULT_VAL_FRACTION = 0.2  # od.data.reformat.DEFAULT_VAL_FRACTION (kept here: --help stays import-light)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DATA's format: auto (default: found as od.records finds it) | voc | coco | yolo | csv")
     for split in ("train", "val", "test"):
         ap.add_argument(f"--{split}-csv", metavar="CSV", help=f"CSV of the {split} boxes (implies --format csv)")
-    ap.add_argument("--images", choices=("copy", "hardlink", "symlink"), default="copy",
+    ap.add_argument("--images", choices=IMAGE_MODES, default="copy",
                     help="how images get into --out: copy (default); hardlink (no extra space; same files: editing "
                     "one edits the other; a copy where links cannot be made); symlink (absolute links to DATA: "
                     "od.records then needs --follow-links). Images od re-encodes are always new files")
@@ -61,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from od.data.reformat import ConvertError, ReadBackError, convert_dataset, read_dataset
+    from od.data.reformat import (
+        ConvertError,
+        ReadBackError,
+        convert_dataset,
+        read_dataset,
+    )
 
     csv_files = {s: getattr(args, f"{s}_csv") for s in ("train", "val", "test") if getattr(args, f"{s}_csv")}
     try:

@@ -23,13 +23,13 @@ import re
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
 
-from od.core import FIXED, SKIPPED_IMAGE, Problem
+from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Problem
 from od.data.formats import FORMATS, LabelledImage, writer
-from od.data.layout import Layout, UsageError, detect_layout
+from od.data.layout import Layout, detect_layout
 from od.data.plan import Item, Plan, plan_dataset
 from od.data.voc import apply_box_rules
 from od.io.files import open_regular, read_file
@@ -241,12 +241,25 @@ def prepare_items(
                 staged.add(src)
             li = LabelledImage(src, name, li.width, li.height, li.boxes, li.split)
             reencoded.append(name)
-        crowd = sum(b.is_crowd for b in li.boxes)
-        if crowd and fmt == "voc":
-            problems.append(Problem(it.xml_name, f"{crowd} crowd box{'es' if crowd > 1 else ''} (iscrowd) written "
-                                    "as difficult: VOC has no crowd flag", FIXED))
+        li, found = _crowd_rule(li, fmt, it.xml_name)
+        problems += found
         images.append(li)
     return images, problems, reencoded, staged
+
+
+def _crowd_rule(li: LabelledImage, fmt: str, name: str) -> tuple[LabelledImage, list[Problem]]:
+    """COCO crowd boxes in a format without a crowd flag: VOC marks them difficult (its "do not
+    count this region"; the VOC writer does so); YOLO and CSV have neither, so they are dropped
+    (as an ordinary box a crowd would be learnt as one object)."""
+    crowd = sum(b.is_crowd for b in li.boxes)
+    if not crowd or fmt == "coco":
+        return li, []
+    what = f"{crowd} crowd box{'es' if crowd > 1 else ''} (iscrowd)"
+    if fmt == "voc":
+        return li, [Problem(name, f"{what} written as difficult: VOC has no crowd flag", FIXED)]
+    kept = tuple(b for b in li.boxes if not b.is_crowd)
+    return (LabelledImage(li.image_path, li.image_name, li.width, li.height, kept, li.split),
+            [Problem(name, f"{what} dropped: {FORMAT_NAMES[fmt]} has no crowd flag", DROPPED_BOX)])
 
 
 def _prepare_one(it: Item, prepare_image) -> tuple[LabelledImage | None, list[Problem], bytes | None]:
@@ -420,6 +433,3 @@ def split_counts(images: Sequence[LabelledImage]) -> dict[str, tuple[int, int, i
             out[split] = (len(these), sum(len(im.boxes) for im in these), sum(not im.boxes for im in these))
     return out
 
-
-__all__ = ["ConvertError", "ReadBackError", "Result", "UsageError", "convert_dataset", "read_dataset",
-           "check_out", "split_counts", "IMAGE_MODES", "MANIFEST"]
