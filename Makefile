@@ -1,5 +1,5 @@
 # od — thin Make layer over `python -m od.<step>`. Every target creates/refreshes .venv on first use.
-# Variables: DATA= RECORDS= LABEL_MAP= CONFIG= MODEL_DIR= STEPS= NAME= OUT= ARGS= (extra CLI flags)
+# Variables: DATA= RECORDS= LABEL_MAP= CONFIG= MODEL_DIR= STEPS= NAME= OUT= TO= ARGS= (extra CLI flags)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,17 +15,19 @@ EXPORT_DIR ?= exported/$(NAME)
 STEPS ?=
 OUT ?=
 ARGS ?=
+TO ?=
 TFLITE ?=
 
 steps_flag = $(if $(STEPS),--steps $(STEPS),)
 out_flag = $(if $(OUT),--out $(OUT),)
 
-.PHONY: help venv demo demo-classify demo-data records inspect train eval export detect classify test test-slow test-all bench
+.PHONY: help venv demo demo-classify demo-data records convert inspect train eval export detect classify test test-slow test-all bench
 
 help:
 	@echo "make demo      demo data -> records -> train (CPU template) -> export -> detect"
 	@echo "make demo-classify  the same for image classification (folder per class -> classify)"
 	@echo "make records   DATA=annotations/<set> -> $(RECORDS) + $(LABEL_MAP) + report.json"
+	@echo "make convert   DATA=<set> TO=voc|coco|yolo|csv OUT=<dir> [ARGS='--images hardlink'] -> the set in another format"
 	@echo "make inspect   check records, per-class counts, gallery"
 	@echo "make train     CONFIG=<template> [STEPS=N] -> $(MODEL_DIR)"
 	@echo "make eval      metrics.json + plots in $(MODEL_DIR)/eval"
@@ -51,6 +53,10 @@ demo-data: $(STAMP)
 
 records: demo-data
 	$(PY) -m od.records $(DATA) --out $(RECORDS) --label-map $(LABEL_MAP) $(ARGS)
+
+convert: demo-data
+	@test -n "$(TO)" -a -n "$(OUT)" || { echo "od: make convert needs TO=voc|coco|yolo|csv and OUT=DIR"; exit 2; }
+	$(PY) -m od.convert $(DATA) --to $(TO) --out $(OUT) $(ARGS)
 
 inspect: $(STAMP)
 	@# gallery.png in $(RECORDS) is this target's own picture of the records: redrawn on every run

@@ -18,6 +18,12 @@ parent or worker; Linux) at the small vs the large demo set.
 Targets: od with 1 worker >= 0.7 x the floor's images/s; raccoon under 2 s wall; memory
 flat (images are streamed, never all held in RAM).
 
+Label formats: each generated demo set is also written as COCO and YOLO by ``od.convert``'s
+library (``od.data.reformat.convert_dataset``, images hard-linked: the same bytes, the same page
+cache), and ``od.records --workers 1`` is timed on the three inputs side by side in the same
+rounds (rotating order, medians). Target: COCO and YOLO images/s >= 0.9 x VOC's. A format whose
+reader or writer is missing fails the benchmark (it is never skipped).
+
 ``--od-path DIR`` benchmarks another copy of the ``od`` package (e.g. an older commit:
 ``git archive HEAD od | tar -x -C DIR``) with the same method.
 
@@ -108,11 +114,13 @@ def decode_floor(pairs: list[tuple[Path, Path | None]], out_file: Path) -> float
     return dt
 
 
-def od_convert(data_dir: Path, work: Path, workers: int) -> tuple[float, int]:
-    """(wall seconds, shards written) of one in-process conversion."""
+def od_convert(data_dir: Path, work: Path, workers: int, tag: str = "") -> tuple[float, int, int]:
+    """(wall seconds, shards written, images converted) of one in-process conversion."""
+    import json
+
     import od.records
 
-    out, lm = work / f"od_w{workers}", work / f"od_w{workers}.pbtxt"
+    out, lm = work / f"od{tag}_w{workers}", work / f"od{tag}_w{workers}.pbtxt"
     sink = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
@@ -122,9 +130,10 @@ def od_convert(data_dir: Path, work: Path, workers: int) -> tuple[float, int]:
     if rc not in (0, 1):
         raise SystemExit(f"od.records failed ({rc}) on {data_dir}:\n{sink.getvalue()}")
     shards = len(list(out.glob("*.tfrecord")))
+    converted = json.loads((out / "report.json").read_text())["summary"]["images_converted"]
     shutil.rmtree(out)
     lm.unlink(missing_ok=True)
-    return dt, shards
+    return dt, shards, converted
 
 
 def bench_inprocess(name: str, data_dir: Path, work: Path, repeats: int) -> dict:
@@ -145,6 +154,49 @@ def bench_inprocess(name: str, data_dir: Path, work: Path, repeats: int) -> dict
     rate = {k: n / statistics.median(v) for k, v in times.items()}
     mb = sum(p.stat().st_size for p, _ in pairs) / n / 1e6
     return dict(dataset=name, images=n, mb=mb, shards=shards["od-1"], **rate)
+
+
+FORMATS = ("voc", "coco", "yolo")  # the VOC input is the generated set itself
+
+
+def make_format_inputs(data_dir: Path, work: Path) -> dict[str, Path]:
+    """``data_dir`` (VOC) and the same dataset written as COCO and YOLO by od.convert's library.
+
+    Raises (ImportError, SystemExit) when a format cannot be written or is not read back as
+    that format: a missing format fails the benchmark instead of vanishing from the table."""
+    from od.data.layout import detect_layout
+    from od.data.reformat import convert_dataset
+
+    layout = detect_layout(data_dir)
+    inputs = {"voc": data_dir}
+    for fmt in FORMATS[1:]:
+        out = work / f"{data_dir.name}-{fmt}"
+        shutil.rmtree(out, ignore_errors=True)
+        res = convert_dataset(layout, out, fmt, images="hardlink")
+        if not res.written or res.skipped:
+            raise SystemExit(f"od.convert could not write {data_dir} as {fmt}: {res.problems[:3]}")
+        found = detect_layout(out).kind
+        if found != fmt:
+            raise SystemExit(f"{out}: written as {fmt} but found as {found}")
+        inputs[fmt] = out
+    return inputs
+
+
+def bench_formats(name: str, inputs: dict[str, Path], repeats: int, work: Path) -> dict:
+    """od.records (1 worker) images/s on the same dataset in each format, in the same interleaved rounds."""
+    for d in inputs.values():
+        warm_cache(d)
+    runs = {fmt: (lambda d=d, fmt=fmt: od_convert(d, work, 1, tag=f"-{fmt}")) for fmt, d in inputs.items()}
+    converted = {fmt: fn()[2] for fmt, fn in runs.items()}  # untimed round; every format converts every image
+    if len(set(converted.values())) != 1:
+        raise SystemExit(f"{name}: od.records converted different numbers of images per format: {converted}")
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs)
+    for r in range(repeats):
+        for k in order[r % len(order):] + order[: r % len(order)]:
+            times[k].append(runs[k]()[0])
+    n = converted["voc"]
+    return dict(dataset=name, images=n, **{k: n / statistics.median(v) for k, v in times.items()})
 
 
 # ``python -m od.records`` (runpy, as -m does) that reports its peak memory on exit: the
@@ -194,8 +246,8 @@ def main() -> int:
     sys.path.insert(0, str(od_root))
     env = dict(os.environ, PYTHONPATH=str(od_root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     import od.records
-    from od.data import synthetic
     from od.console import format_table
+    from od.data import synthetic
 
     print(f"od package: {Path(od.records.__file__).parent}; CPUs: {os.cpu_count()}, "
           f"load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -226,6 +278,22 @@ def main() -> int:
             [(r["dataset"], r["images"], f"{r['mb']:.3f}", r["shards"], f"{r['floor']:.0f}", f"{r['od-1']:.0f}",
               f"{r['od-2']:.0f}", f"{r['od-1'] / r['floor']:.2f}", f"{r['od-2'] / r['od-1']:.2f}") for r in rows],
         ))
+
+        fmt_rows = []
+        for key, (name, d) in sets.items():
+            if key in only and key.startswith("demo"):
+                fmt_rows.append(bench_formats(name, make_format_inputs(d, tmp / "formats"), args.repeats, work))
+        if fmt_rows:
+            print(f"\nod.records images/s by input format, 1 worker, medians of {args.repeats} interleaved rounds "
+                  "(the same images; target: COCO and YOLO / VOC >= 0.9)")
+            print(format_table(
+                ["dataset", "images"] + [f"{f.upper() if f != 'yolo' else 'YOLO'}" for f in FORMATS]
+                + [f"{f.upper() if f != 'yolo' else 'YOLO'} / VOC" for f in FORMATS[1:]],
+                [(r["dataset"], r["images"], *(f"{r[f]:.0f}" for f in FORMATS),
+                  *(f"{r[f] / r['voc']:.2f}" for f in FORMATS[1:])) for r in fmt_rows],
+            ))
+            worst = min(r[f] / r["voc"] for r in fmt_rows for f in FORMATS[1:])
+            print(f"formats: worst ratio {worst:.2f} (target >= 0.9: {'met' if worst >= 0.9 else 'NOT met'})")
 
         cli = [(name, d, w) for key, (name, d) in sets.items() if key in only
                for w in ((None, 1) if key == "raccoon" else (1, 2) if key.startswith("demo") else ())]

@@ -291,8 +291,13 @@ def format_voc(
     boxes: Sequence[Box],
     depth: int = 3,
     folder: str | None = None,
+    exact: bool = False,
 ) -> bytes:
-    """The XML bytes LabelImg would write for this image (tabs, integer pixel coordinates)."""
+    """The XML bytes LabelImg would write for this image (tabs, integer pixel coordinates).
+
+    ``exact``: the coordinates as given (to 0.01 px, integers stay integers) and the flags as
+    given, instead of LabelImg's ``int()``, minimum 1 and edge-inferred ``truncated``: a
+    converted dataset must read back as the boxes it was made from."""
     image_path = Path(image_path)
     root = etree.Element("annotation")
     _sub(root, "folder", folder if folder is not None else image_path.parent.name)
@@ -306,20 +311,31 @@ def format_voc(
     _sub(size, "depth", str(int(depth)))
     _sub(root, "segmented", "0")
     for b in boxes:
-        # LabelImg: int() of the coordinates, minimum 1 (a 0 broke old Faster R-CNN code).
-        xmin, ymin = max(1, int(b.xmin)), max(1, int(b.ymin))
-        xmax, ymax = int(b.xmax), int(b.ymax)
+        if exact:
+            coords = tuple(_exact(v) for v in (b.xmin, b.ymin, b.xmax, b.ymax))
+            truncated = b.truncated
+        else:
+            # LabelImg: int() of the coordinates, minimum 1 (a 0 broke old Faster R-CNN code).
+            xmin, ymin = max(1, int(b.xmin)), max(1, int(b.ymin))
+            xmax, ymax = int(b.xmax), int(b.ymax)
+            coords = tuple(str(v) for v in (xmin, ymin, xmax, ymax))
+            truncated = b.truncated or ymax == int(height) or ymin == 1 or xmax == int(width) or xmin == 1
         obj = _sub(root, "object")
         _sub(obj, "name", b.name)
         _sub(obj, "pose", b.pose or "Unspecified")
-        truncated = b.truncated or ymax == int(height) or ymin == 1 or xmax == int(width) or xmin == 1
         _sub(obj, "truncated", "1" if truncated else "0")
         _sub(obj, "difficult", "1" if b.difficult else "0")
         bb = _sub(obj, "bndbox")
-        for k, v in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
-            _sub(bb, k, str(v))
+        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), coords):
+            _sub(bb, k, v)
     # LabelImg pretty-prints with lxml and turns each two-space indent into a tab.
     return etree.tostring(root, pretty_print=True, encoding="utf-8").replace(b"  ", b"\t")
+
+
+def _exact(v: float) -> str:
+    """A coordinate to 0.01 px, without trailing zeros ("12", "12.5", "12.25")."""
+    text = f"{round(float(v), 2):.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def write_voc(
@@ -331,9 +347,60 @@ def write_voc(
     boxes: Sequence[Box],
     depth: int = 3,
     folder: str | None = None,
+    exact: bool = False,
 ) -> None:
     """Write a LabelImg-style VOC XML atomically (``<path>`` is ``image_path`` as given)."""
     atomic_write_bytes(
         xml_path,
-        format_voc(image_path=image_path, width=width, height=height, boxes=boxes, depth=depth, folder=folder),
+        format_voc(image_path=image_path, width=width, height=height, boxes=boxes, depth=depth, folder=folder,
+                   exact=exact),
     )
+
+
+# --------------------------------------------------------------------------- a whole dataset (od.convert)
+
+VOC_SPLITS = ("train", "val", "test")
+
+
+def _xml_names(images) -> dict[str, str]:
+    """image_name -> its XML's path under Annotations/ (without ``.xml``): the image's path without
+    its suffix, or the whole name when two images differ only by suffix (``a.jpg``, ``a.png``)."""
+    taken: set[str] = set()
+    names: dict[str, str] = {}
+    for name in sorted(im.image_name for im in images):
+        stem = PurePosixPath(name).with_suffix("").as_posix()
+        key = stem if stem not in taken else name
+        taken.add(key)
+        names[name] = key
+    return names
+
+
+def write_voc_dataset(images, classes: Sequence[str], out: Path, copy_image) -> list[Path]:
+    """A VOCdevkit year folder under ``out`` that ``od.records`` reads back as these boxes and splits.
+
+    ``Annotations/<image path without suffix>.xml`` (sub-folders of ``image_name`` mirrored),
+    ``JPEGImages/<image_name>`` (placed by ``copy_image``), ``ImageSets/Main/{train,val,test}.txt``
+    (one XML key per line). Rounding: coordinates to 0.01 px (integers stay integers; not
+    LabelImg's ``int()``), ``difficult``/``truncated``/``pose`` kept. VOC has no crowd flag: a COCO
+    ``iscrowd`` box is written as ``difficult`` (what VOC calls a region not to count), and no
+    class list: a class without boxes is not in the output. ``classes`` is not used.
+    """
+    out = Path(out)
+    keys = _xml_names(images)
+    lists: dict[str, list[str]] = {s: [] for s in VOC_SPLITS}
+    written: list[Path] = []
+    for im in sorted(images, key=lambda i: i.image_name):
+        key = keys[im.image_name]
+        rel = PurePosixPath(im.image_name)
+        boxes = [dataclasses.replace(b, difficult=True) if b.is_crowd else b for b in im.boxes]
+        xml_path = out / "Annotations" / f"{key}.xml"
+        write_voc(xml_path, image_path=f"JPEGImages/{im.image_name}", width=im.width, height=im.height,
+                  boxes=boxes, folder=rel.parent.name or "JPEGImages", exact=True)
+        written.append(xml_path)
+        copy_image(im.image_path, out / "JPEGImages" / rel)
+        lists.setdefault(im.split, []).append(key)
+    for split, names in lists.items():
+        path = out / "ImageSets" / "Main" / f"{split}.txt"
+        atomic_write_bytes(path, "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"))
+        written.append(path)
+    return written
