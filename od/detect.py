@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"write <out>/{COCO_JSON}.json: the run's detections as one COCO file (file_name relative to the "
         "folder of the inputs, categories from the label map, a score per box) for CVAT / Label Studio",
     )
+    p.add_argument(
         "--save-yolo",
         action="store_true",
         help="write YOLO txt pre-labels + image copies to <out>/yolo/ (Ultralytics layout with data.yaml and "
