@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the classes report.json lists; no file outside --records is opened unless named here)")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted Model Garden key, YAML value: task.model.input_size=[512,512,3]")
+    r.add_argument("--auto-size", action="store_true",
+                   help="choose the input size (and anchor levels) from the box sizes in report.json, within the "
+                        "template's compute budget (od.max_input_pixels); an explicit --set task.model.input_size wins")
     r.add_argument("--out", default=None, help="write here instead of stdout")
     add_force(r, "an existing --out file")
     lst = sub.add_parser("list", help="list the templates")
@@ -66,10 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(f"{args.out} exists; pass --force to replace it")
         return EXIT_USAGE
     try:
-        r = render(args.config, args.records, args.label_map, args.sets)
+        r = render(args.config, args.records, args.label_map, args.sets, auto_size=args.auto_size)
     except ConfigError as e:
         error(str(e))
         return EXIT_USAGE
+    for line in r.size_lines:
+        print(line, file=sys.stderr)
     text = config_yaml(r.params)
     if args.out:
         atomic_write_text(args.out, text)

@@ -75,6 +75,33 @@ def _print_detection(report: dict, p) -> None:
     if names:
         p(format_table(headers, crow))
         p("")
+    _print_box_sizes(report, p)
+
+
+def _template_sizes(task: str) -> dict:
+    """Detection: the shipped detection templates' input sizes, for the box sizes in the report."""
+    if task == "classification":
+        return {}
+    from od.model.templates import detection_input_sizes
+
+    return detection_input_sizes()
+
+
+def _print_box_sizes(report: dict, p) -> None:
+    """One line of box sizes in the stored images, and how small they get at each detection template."""
+    bs = report.get("box_sizes") or {}
+    a = bs.get("all") or {}
+    if not a.get("count"):
+        return
+    s = a["size"]
+    p(f"box sizes (sqrt(w*h) px in the stored images): min {s['min']:.0f}, p10 {s['p10']:.0f}, "
+      f"median {s['median']:.0f}, max {s['max']:.0f}")
+    rows = [(name, f"{hw[0]}x{hw[1]}", f"{a['at_templates'][name]['median_size']:.0f}",
+             f"{a['at_templates'][name]['under_16']:.0%}", f"{a['at_templates'][name]['under_32']:.0%}")
+            for name, hw in bs.get("templates", {}).items() if name in a.get("at_templates", {})]
+    if rows:
+        p(format_table(["at template", "input", "median box px", "< 16 px", "< 32 px"], rows))
+    p("")
 
 
 def print_summary(report: dict, out: Path, file=None) -> None:
@@ -312,7 +339,7 @@ def _write(args, plan, data_dir: str, out: Path, lm_path: Path, workers: int, na
         files: dict[str, list[str]] = defaultdict(list)
         for t in tasks:
             files[t.split].append(Path(t.final_path).name)
-        report = build_report(plan, data_dir, str(lm_path), outcomes, dict(files))
+        report = build_report(plan, data_dir, str(lm_path), outcomes, dict(files), _template_sizes(plan.task))
         s = report["summary"]
         if s["images_converted"] == 0:
             discard(temps)

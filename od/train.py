@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=positive_int, default=None, help="total train steps (larger than a finished run extends it)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted Model Garden config key, YAML value (repeatable)")
+    ap.add_argument("--auto-size", action="store_true",
+                    help="choose the input size (and anchor levels) from the records' box sizes, within the "
+                         "template's compute budget; an explicit --set task.model.input_size wins")
     ap.add_argument("--tpu", default=None, help="TPU name/address (Colab: 'local' or leave the grpc address)")
     ap.add_argument("--mixed-precision", action="store_true", help="bfloat16 on TPU, float16 on GPU")
     ap.add_argument("--init-checkpoint", default=None,
@@ -333,10 +336,12 @@ def run(args) -> int:
     if args.init_checkpoint:
         sets.append(f"od.pretrained_checkpoint={args.init_checkpoint}")
     try:
-        r = render(args.config, args.records, args.label_map, sets)
+        r = render(args.config, args.records, args.label_map, sets, auto_size=args.auto_size)
     except ConfigError as e:
         error(str(e))
         return EXIT_USAGE
+    for line in r.size_lines:  # what --auto-size chose; boxes too small for the anchors
+        print(line, file=sys.stderr)
 
     import tensorflow as tf
 
@@ -348,7 +353,8 @@ def run(args) -> int:
             # Resuming without --steps keeps the run's own length (it may have been extended before).
             old_steps = prev["params"].trainer.train_steps
             if old_steps != params.trainer.train_steps:
-                r = render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"])
+                r = render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"],
+                           auto_size=args.auto_size)
                 params, header = r.params, dict(r.header, seed=args.seed)
         check_record_labels(params, params.task.model.num_classes, r.report, header.get("task", "detection"))
     except ConfigError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Sequence
 
 from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Problem
@@ -14,8 +15,10 @@ if TYPE_CHECKING:
 
 
 def build_report(
-    plan: Plan, data_dir: str, label_map_path: str, outcomes: Sequence[Outcome], files: dict[str, list[str]]
+    plan: Plan, data_dir: str, label_map_path: str, outcomes: Sequence[Outcome], files: dict[str, list[str]],
+    template_sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict:
+    """``template_sizes``: (input height, input width) of each detection template, for ``box_sizes``."""
     lm = plan.label_map
     cls_task = plan.task == "classification"
     by_index = {o.index: o for o in outcomes}
@@ -78,7 +81,28 @@ def build_report(
         "outside_roots": plan.outside_roots,
         "summary": summary,
     }
+    if not cls_task:
+        from od.data.box_sizes import box_size_stats
+
+        out["box_sizes"] = box_size_stats(_stored_boxes(plan, by_index), template_sizes or {}, lm.names)
     if cls_task:  # no "task": detection (reports od wrote before classification read the same)
         out["task"] = plan.task
         out["labels"] = lm.names  # the record label of each class: its line in labels.txt (label map id - 1)
     return out
+
+
+def _stored_boxes(plan: Plan, by_index: Mapping[int, Outcome]):
+    """The boxes the records hold, sized: each converted image's boxes after the same rules the
+    converter applied (clipped to the stored image, empty ones dropped). Crowd boxes are left out:
+    Model Garden skips them in training (``skip_crowd_during_training``), so no anchor has to fit them."""
+    from od.data.box_sizes import SizedBox
+    from od.data.voc import apply_box_rules
+
+    for it in plan.items:
+        o = by_index[it.index]
+        if not o.converted or not o.kept_boxes:
+            continue
+        kept, _ = apply_box_rules(it.boxes, o.width, o.height, it.xml_name)
+        for b in kept:
+            if not b.is_crowd:
+                yield SizedBox(b.name, b.width, b.height, o.width, o.height)

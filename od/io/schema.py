@@ -11,6 +11,9 @@ import glob
 import json
 import os
 import re
+from bisect import bisect_left
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -25,7 +28,7 @@ REPORT_FILE = "report.json"
 MODEL_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: adds "box_sizes" (detection); version 1 reports, without it, still load
 TASKS = ("detection", "classification")  # report.json "task"; absent: detection (reports before it)
 MODEL_FORMAT = "od-export"
 MODEL_VERSION = 1
@@ -170,6 +173,8 @@ def parse_report(text: str, where: str) -> dict:
         raise SchemaError(f"{where}: unknown task {task!r} (od knows {', '.join(TASKS)}); {_REPORT_FIX}")
     if "classes" in data:
         parse_classes(data["classes"], where)
+    if data.get("box_sizes") is not None:
+        _check_box_sizes(data["box_sizes"], f"{where}: box_sizes")
     return data
 
 
@@ -180,6 +185,93 @@ def read_report(path: str | os.PathLike) -> dict:
 def report_task(report: Mapping) -> str:
     """What the records are for: ``detection`` or ``classification``."""
     return report.get("task") or "detection"
+
+
+# box_sizes (report version 2, detection only). A box's *size* is sqrt(width * height) in pixels: the side
+# of the square with its area. Model Garden anchors are sized the same way (an anchor of size A has area
+# A**2 for every aspect ratio) and IoU matching is bounded by the area ratio, so it is the number that
+# says whether a box can match an anchor; COCO's small/medium/large (area < 32**2, < 96**2) is the same
+# measure. Shape (values in pixels of the stored image; fractions 0..1):
+#   "box_sizes": {
+#     "size": BOX_SIZE_DEFINITION,
+#     "templates": {TEMPLATE: [input height, input width]},    # the inputs "at_templates" was computed at
+#     "all": STATS, "per_class": {CLASS: STATS},
+#     "relative_size": {"count": N, "quantiles": [...]}}        # size / longer image side, sorted (see BoxSizeSketch)
+#   STATS = {"count": N, "width"|"height"|"area"|"size": {"min", "p10", "median", "max"},
+#            "at_templates": {TEMPLATE: {"p10_size", "median_size", "under_16", "under_32"}}}
+BOX_SIZE_DEFINITION = "sqrt(width * height) in pixels"
+BOX_SIZE_THRESHOLDS = (16, 32)
+BOX_STAT_KEYS = ("min", "p10", "median", "max")
+
+
+def percentile(sorted_values: list[float] | tuple[float, ...], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default): q=0.5 of [1, 2, 3, 4] is 2.5."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class BoxSizeSketch:
+    """Box sizes relative to the longer side of their image, sorted: all of them (``count == len(values)``)
+    or, for many boxes, the quantiles at 0, 1/(m-1), ..., 1. Model Garden's detection parser scales an image
+    by ``min(H / height, W / width)``, which for a square input of side S is ``S / longer side``: a box of
+    relative size r is then ``r * S`` pixels, so one sorted list answers "how many boxes are under A px at
+    input S" for every S without reading the records again."""
+
+    count: int
+    values: tuple[float, ...]
+
+    @property
+    def exact(self) -> bool:
+        return len(self.values) == self.count
+
+    def quantile(self, q: float) -> float:
+        return percentile(self.values, q)
+
+    def fraction_below(self, x: float) -> float:
+        """Share of boxes with relative size < x (exact for a full list, within 1/(m-1) for quantiles)."""
+        v = self.values
+        if not v or x <= v[0]:
+            return 0.0
+        if x > v[-1]:
+            return 1.0
+        i = bisect_left(v, x)  # v[i-1] < x <= v[i]
+        if self.exact:
+            return i / self.count
+        lo, hi = v[i - 1], v[i]
+        return ((i - 1) + ((x - lo) / (hi - lo) if hi > lo else 0.0)) / (len(v) - 1)
+
+
+def _check_box_sizes(bs: Any, where: str) -> None:
+    fix = _REPORT_FIX
+    if not isinstance(bs, dict):
+        raise SchemaError(f"{where}: must be an object; {fix}")
+    rel = _expect(bs, "relative_size", dict, where, fix)
+    n = _expect(rel, "count", int, f"{where}.relative_size", fix)
+    q = _expect(rel, "quantiles", list, f"{where}.relative_size", fix)
+    if n < 0 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in q) \
+            or any(a > b for a, b in pairwise(q)) or len(q) > max(n, 1) or (n and not q):
+        raise SchemaError(f"{where}.relative_size: quantiles must be sorted non-negative numbers, at most count; {fix}")
+    templates = _expect(bs, "templates", dict, where, fix, optional=True) or {}
+    for name, hw in templates.items():
+        if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(x, int) and x > 0 for x in hw)):
+            raise SchemaError(f"{where}.templates.{name}: must be [height, width] in pixels; {fix}")
+    _expect(bs, "all", dict, where, fix, optional=True)
+    _expect(bs, "per_class", dict, where, fix, optional=True)
+
+
+def report_box_sizes(report: Mapping) -> BoxSizeSketch | None:
+    """The (checked) report's box sizes for any input size; None for reports without them (version 1,
+    classification, records written by another tool) or without any box."""
+    bs = report.get("box_sizes")
+    if not isinstance(bs, dict) or not bs.get("relative_size", {}).get("count"):
+        return None
+    rel = bs["relative_size"]
+    return BoxSizeSketch(int(rel["count"]), tuple(float(x) for x in rel["quantiles"]))
 
 
 def report_shards(report: Mapping) -> set[str]:

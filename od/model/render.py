@@ -39,6 +39,7 @@ class Rendered:
     label_map: Any  # od.label_map.LabelMap
     label_map_path: str
     report: dict | None
+    size_lines: list[str] = dataclasses.field(default_factory=list)  # --auto-size's choice, small-box warning
 
 
 def render(
@@ -47,8 +48,13 @@ def render(
     label_map: str | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     check_records: bool = True,
+    auto_size: bool = False,
 ) -> Rendered:
-    """Template + records + overrides -> a validated, locked ExperimentConfig."""
+    """Template + records + overrides -> a validated, locked ExperimentConfig.
+
+    ``auto_size``: choose the input size (and anchor levels) from the records' box sizes
+    (``od.model.autosize``); either way ``size_lines`` says when boxes are too small for the anchors.
+    """
     header, experiment, tpath = load_template(template)
     sets = parse_set_values(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
     od_sets = {k[3:]: v for k, v in sets.items() if k.startswith("od.")}
@@ -90,6 +96,14 @@ def render(
     if header.get("pretrained_checkpoint") is None and not params.task.init_checkpoint:
         params.override({"task": {"init_checkpoint": ""}}, is_strict=True)
     _fix_traps(params)
+    size_lines: list[str] = []
+    if task == "detection":
+        from od.model.autosize import size_check
+
+        size_lines = size_check(params, header, report, auto_size, mg_sets.keys(), str(records_dir))
+    elif auto_size:
+        size_lines.append(f"od: --auto-size: {header['template']} is a classifier; --auto-size sizes detection "
+                          "inputs only, nothing changed")
     try:
         params.validate()
     except (KeyError, ValueError) as e:
@@ -101,7 +115,8 @@ def render(
         label_map=lm_path,
         classes=[{"id": i, "name": n} for i, n in lm.items],
     )
-    r = Rendered(params=params, header=header, label_map=lm, label_map_path=lm_path, report=report)
+    r = Rendered(params=params, header=header, label_map=lm, label_map_path=lm_path, report=report,
+                 size_lines=size_lines)
     validate(r, check_records=check_records)
     return r
 

@@ -17,7 +17,10 @@ import yaml
 from od.model.errors import ConfigError
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
-HEADER_KEYS = ("base_experiment", "pretrained_checkpoint", "init_checkpoint_modules", "description")
+HEADER_KEYS = ("base_experiment", "pretrained_checkpoint", "init_checkpoint_modules", "description", "max_input_pixels")
+# Model Garden's detection experiment families (official/vision/configs/{retinanet,maskrcnn}.py): a template
+# on one of these is a detection template when it must be known without importing Model Garden (od.records).
+DETECTION_EXPERIMENTS = ("retinanet_", "fasterrcnn_", "maskrcnn_", "cascadercnn_")
 
 
 def templates_dir() -> Path:
@@ -68,6 +71,23 @@ def load_template(name_or_path: str | os.PathLike) -> tuple[dict, dict, Path]:
     header["template"] = path.stem
     header["template_path"] = str(path)
     return header, dict(doc["experiment"] or {}), path
+
+
+def detection_input_sizes() -> dict[str, tuple[int, int]]:
+    """(input height, input width) of each shipped detection template, read from its YAML alone (cheap: no
+    Model Garden import), for the box sizes od.records reports at each template."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in available_templates():
+        try:
+            header, experiment, _ = load_template(name)
+        except ConfigError:
+            continue
+        if not str(header["base_experiment"]).startswith(DETECTION_EXPERIMENTS):
+            continue
+        size = ((experiment.get("task") or {}).get("model") or {}).get("input_size")
+        if isinstance(size, list) and len(size) >= 2 and all(isinstance(x, int) and x > 0 for x in size[:2]):
+            out[name] = (size[0], size[1])
+    return out
 
 
 def task_of(params) -> str:
