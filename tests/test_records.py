@@ -84,7 +84,7 @@ def test_model_garden_decoder_reads_boxes_and_labels_equal_to_xml(tmp_path):
     out = tmp_path / "rec"
     rc, rep = _convert([str(ds), "--out", str(out), "--label-map", str(tmp_path / "lm.pbtxt"), "--val-fraction", "0.3"])
     assert rc == 0
-    assert set(rep) == {"version", "data_dir", "label_map", "classes", "num_classes", "splits", "problems", "outside_roots", "summary"}
+    assert set(rep) == {"version", "data_dir", "label_map", "classes", "num_classes", "splits", "problems", "outside_roots", "summary", "box_sizes"}
     assert rep["classes"] == [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
     assert set(rep["splits"]) == {"train", "val"} and rep["num_classes"] == 3
     for sp in rep["splits"].values():

@@ -446,8 +446,6 @@ def read_csv(layout: Layout, roots: Roots) -> LabelSet:
         split = layout.sources[src][0]
         if split:
             labels.splits[e.key] = split
-    if set(labels.splits.values()) == {"train"}:  # a train CSV alone: val is carved out by hash, as for VOC
-        labels.splits = {}
     if labels.splits:
         note = f"; {TEST_AS_VAL}" if layout.description.endswith(TEST_AS_VAL) else ""
         labels.split_source = "CSV file names (" + ", ".join(notes) + ")" + note

@@ -195,6 +195,10 @@ def plan_dataset(
         for stem in sets.get("trainval", []):
             if stem not in assigned:
                 assigned[stem] = hash_split(stem, val_fraction, 0.0)  # only trainval listed: split it
+    elif set(labels.splits.values()) == {"train"} and {s for s, _ in layout.sources} <= {"train", ""}:
+        # a train file alone (instances_train.json, train_labels.csv, a data.yaml with train: only): od.train
+        # needs a val split, so it is carved out by hash as for a VOC folder
+        labels.splits = {}
     elif labels.splits:
         split_src = labels.split_source or "given by the dataset"
 
