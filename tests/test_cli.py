@@ -24,6 +24,7 @@ BUILDERS = {
     "records": "build_parser", "inspect": "build_parser", "configs": "_parser", "checkpoints": "build_parser",
     "train": "_parser", "evaluate": "_parser", "export": "build_parser", "detect": "build_parser",
     "demo": "build_parser", "crops": "build_parser", "classify": "build_parser",
+    "convert": "build_parser",
 }
 TF_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ", re.MULTILINE)
 
@@ -57,8 +58,9 @@ CONCEPTS = {
     "--score-threshold": {"detect", "classify", "evaluate", "export"},
     "--max-detections": {"detect", "evaluate", "export"},
     "--gallery": {"inspect", "evaluate"},
-    "--out": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "classify", "demo"},
-    "--force": {"records", "crops", "inspect", "configs render", "evaluate", "export", "detect", "classify", "demo"},
+    "--format": {"records", "convert"},
+    "--out": {"records", "convert", "crops", "inspect", "configs render", "evaluate", "export", "detect", "classify", "demo"},
+    "--force": {"records", "convert", "crops", "inspect", "configs render", "evaluate", "export", "detect", "classify", "demo"},
     "--seed": {"train", "demo"},
 }
 HELP_WORDS = {"--score-threshold": "minimum score", "--max-detections": "at most N boxes", "--force": "replace",
