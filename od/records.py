@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     val_fraction = args.val_fraction
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION
-        if not layout.imagesets_dir and not layout.presplit:
+        given = {split for split, _ in layout.sources if split}  # COCO files, YOLO folders, CSV files
+        if not layout.imagesets_dir and not layout.presplit and not given - {"train"}:
             note_default("--val-fraction", val_fraction)
     if val_fraction + args.test_fraction >= 1.0:
         error(f"--val-fraction {val_fraction} + --test-fraction {args.test_fraction} leaves nothing to train on")
