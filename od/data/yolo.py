@@ -572,6 +572,7 @@ def read_yolo(layout: Layout, roots: Roots) -> LabelSet:
 
     # Label files no image points at.
     used_real = set(used_labels)
+    source_reals = {os.path.realpath(s) for _, s in spec.sources}
     checked: set[str] = set()
     for d in label_dirs:
         if not d.is_dir() or os.path.realpath(d) in checked:
@@ -579,12 +580,14 @@ def read_yolo(layout: Layout, roots: Roots) -> LabelSet:
         checked.add(os.path.realpath(d))
         for path, problem in walk_files(d, roots, lambda p: _rel(p, dd), (".txt",)):
             base_name = os.path.basename(path)
-            if base_name.lower() in _NOT_LABELS or any(os.path.realpath(path) == os.path.realpath(s)
-                                                       for _, s in spec.sources):
+            if base_name.lower() in _NOT_LABELS:
+                continue
+            real = os.path.realpath(path)
+            if real in source_reals:
                 continue
             if problem is not None:
                 continue  # a label file no image uses: nothing is lost by not reading it
-            if os.path.realpath(path) in used_real or path in reported:
+            if real in used_real or path in reported:
                 continue
             reported.add(path)
             labels.num_files += 1
