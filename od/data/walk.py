@@ -34,9 +34,11 @@ class Roots:
     def of(cls, *folders: str | os.PathLike, follow_links: bool = False) -> "Roots":
         return cls(tuple(os.path.realpath(f) for f in folders), follow_links)
 
-    def refuse(self, path: str | os.PathLike) -> str | None:
-        """Why ``path`` must not be read (it leads outside), or None when it may be."""
-        real = os.path.realpath(path)
+    def refuse(self, path: str | os.PathLike, real: str | None = None) -> str | None:
+        """Why ``path`` must not be read (it leads outside), or None when it may be.
+
+        ``real``: ``path``'s real path when the caller has it already (saves resolving it again)."""
+        real = real or os.path.realpath(path)
         if any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.inside):
             return None
         if self.follow_links:

@@ -522,14 +522,14 @@ def read_yolo(layout: Layout, roots: Roots) -> LabelSet:
                                        FIXED))
                 continue
             seen[real] = split
-            found.append((split, path, written))
+            found.append((split, path, written, real))
 
     used_labels: dict[str, str] = {}  # real label path -> report name of the image using it
-    for split, img, written in found:
+    for split, img, written, real_img in found:
         labels.num_files += 1
         img_name = _rel(img, dd)
         why = file_problem(img)
-        why = (why if why == "not found" else f"{why}; not read") if why else roots.refuse(img)
+        why = (why if why == "not found" else f"{why}; not read") if why else roots.refuse(img, real_img)
         if why:
             labels.add(Problem(img_name, f"image {why}", SKIPPED_IMAGE))
             continue
@@ -552,7 +552,7 @@ def read_yolo(layout: Layout, roots: Roots) -> LabelSet:
                                                   "(background) image, as Ultralytics treats it", FIXED)]
         else:
             name = lbl_name
-            outside = roots.refuse(lbl)
+            outside = roots.refuse(lbl, real_lbl)
             if outside:
                 boxes, problems = None, [Problem(name, f"label file {outside}; image skipped", SKIPPED_IMAGE)]
             else:
