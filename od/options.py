@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 
 TF_LOG_ENV = "TF_CPP_MIN_LOG_LEVEL"
@@ -109,6 +110,35 @@ def non_negative_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
     return v
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)h)?(?:(\d+(?:\.\d*)?|\.\d+)m)?(?:(\d+(?:\.\d*)?|\.\d+)s)?")
+
+
+def duration(text: str) -> float:
+    """``90s``, ``15m``, ``1h``, ``1h30m``, ``1.5h`` or plain seconds (``600``) -> seconds (> 0)."""
+    t = text.strip().lower()
+    try:
+        seconds = float(t)
+    except ValueError:
+        m = _DURATION.fullmatch(t)
+        if not t or not m or not any(m.groups()):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration (e.g. 90s, 15m, 1h, 1h30m, or seconds)") from None
+        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s
+    if not (seconds > 0 and seconds != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a time longer than 0 s")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> ``1h30m``, ``14m40s``, ``45s`` (whole seconds; what od prints for a time budget)."""
+    s = max(0, round(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    parts = [f"{h}h" if h else "", f"{m}m" if m else "", f"{s}s" if s or not (h or m) else ""]
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------- shared flags

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from od.console import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, error, note_default, print_table, warn
 from od.model import paths
-from od.options import add_common, non_negative_int, positive_int, quiet_tensorflow, third_party_quiet
+from od.options import (add_common, duration, format_duration, non_negative_int, positive_int, quiet_tensorflow,
+                        third_party_quiet)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--label-map", default=None, help="label_map.pbtxt (default: the one report.json names)")
     ap.add_argument("--model-dir", default=None, help="default runs/<config-name>; may be gs://")
     ap.add_argument("--steps", type=positive_int, default=None, help="total train steps (larger than a finished run extends it)")
+    ap.add_argument("--time", default=None, metavar="DURATION",
+                    help="time budget (90s, 15m, 1h30m): measure the first steps, then train as many as end "
+                         "within it, the learning-rate schedule completing (instead of --steps)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted Model Garden config key, YAML value (repeatable)")
     ap.add_argument("--auto-size", action="store_true",
@@ -316,6 +320,8 @@ def _quiet_logs() -> None:
 
 
 def run(args) -> int:
+    global _budgeted  # see exit_after_budget
+    t_start = time.monotonic()  # --time counts od.train's whole wall time, TensorFlow's import included
     _quiet_logs()
     from od.model.errors import ConfigError
     from od.model.model_dir import HEADER_FILE, LABEL_MAP_FILE, PIPELINE_FILE, config_yaml, header_yaml, latest_step
@@ -356,6 +362,10 @@ def run(args) -> int:
                 r = render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={old_steps}"],
                            auto_size=args.auto_size)
                 params, header = r.params, dict(r.header, seed=args.seed)
+        from od.model.budget import resume_budget
+
+        budget_s = resume_budget(args.time, prev, params, header, model_dir, steps_set,
+                                 {x.partition("=")[0].strip() for x in args.sets})
         check_record_labels(params, params.task.model.num_classes, r.report, header.get("task", "detection"))
     except ConfigError as e:
         error(str(e))
@@ -387,7 +397,7 @@ def run(args) -> int:
     params.lock()
 
     total = params.trainer.train_steps
-    if start >= total:
+    if start >= total and budget_s is None:
         print(f"od: {model_dir} already trained to step {start} (train_steps={total}); "
               f"pass a larger --steps to extend it.", file=sys.stderr)
         return EXIT_OK
@@ -405,8 +415,9 @@ def run(args) -> int:
     if params.runtime.mixed_precision_dtype:
         performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
 
+    length = total if budget_s is None else f"? (--time {format_duration(budget_s)})"
     print(f"od: training {header['template']} on {hw}: {len(r.label_map)} classes, "
-          f"steps {start}->{total}, batch {params.task.train_data.global_batch_size}, "
+          f"steps {start}->{length}, batch {params.task.train_data.global_batch_size}, "
           f"input {params.task.model.input_size[0]}x{params.task.model.input_size[1]}, "
           f"seed {'none' if args.seed is None else args.seed}, model dir {model_dir}" + (" (resuming)" if start else ""), file=sys.stderr)
 
@@ -418,20 +429,6 @@ def run(args) -> int:
             # Without it the parallel input map draws augmentation randoms in thread order, so runs
             # differ from step 2 on.
             tf.config.experimental.enable_op_determinism()
-    with strategy.scope():
-        task = task_factory.get_task(params.task, logging_dir=model_dir)
-    if init_path:
-        from od.model.finetune import restore_for_finetune
-
-        modules = header.get("init_checkpoint_modules") or ["backbone", "decoder"]
-        if header.get("task") == "classification":
-            modules = ["backbone"]  # the head is the user's classes: always new
-
-        def _initialize(model, _path=init_path, _modules=modules):
-            restore_for_finetune(model, _path, modules=_modules)
-
-        task.initialize = _initialize
-
     mode = "train" if args.no_eval else "train_and_eval"
     global_step_holder: dict = {}
 
@@ -444,25 +441,73 @@ def run(args) -> int:
     # The runner builds the trainer; grab its global step for the hooks.
     runner_cls = train_lib.OrbitExperimentRunner
 
-    t0 = time.monotonic()
-    status = EXIT_OK
-    try:
+    def fit(p, clock=None):
+        """Build the task and runner for config ``p`` (restoring the model dir's checkpoint) and train.
+        Called twice with --time: the probe (reporting to ``clock``), then the run proper."""
+        nonlocal start
+        if clock is not None:
+            clock.building()
+        with strategy.scope():
+            task = task_factory.get_task(p.task, logging_dir=model_dir)
+        if init_path:
+            from od.model.finetune import restore_for_finetune
+
+            modules = header.get("init_checkpoint_modules") or ["backbone", "decoder"]
+            if header.get("task") == "classification":
+                modules = ["backbone"]  # the head is the user's classes: always new
+
+            def _initialize(model, _path=init_path, _modules=modules):
+                restore_for_finetune(model, _path, modules=_modules)
+
+            task.initialize = _initialize
+        progress.total = p.trainer.train_steps
+        progress.loops.clear()  # a new runner: its first loop traces again
         with strategy.scope():
             runner = runner_cls(
-                distribution_strategy=strategy, task=task, mode=mode, params=params, model_dir=model_dir,
-                train_actions=[progress], eval_actions=[evals] if not args.no_eval else [],
+                distribution_strategy=strategy, task=task, mode=mode, params=p, model_dir=model_dir,
+                train_actions=[progress] + ([clock.on_train] if clock else []),
+                eval_actions=[] if args.no_eval else [evals] + ([clock.on_eval] if clock else []),
             )
             global_step_holder["v"] = runner.trainer.global_step
             progress.last_step = int(runner.trainer.global_step.numpy())
             restored_from = progress.last_step
-            if restored_from != start:
+            if restored_from != start and not progress.history:
                 start = restored_from
             if progress.bar is not None:
+                progress.bar.total = progress.total
                 progress.bar.n = progress.last_step
                 progress.bar.last_print_n = progress.last_step
             progress.t_last = time.monotonic()
             progress.c_last = _cpu()
+            if clock is not None:
+                clock.ready(lambda: runner.trainer.global_step.numpy(), runner.checkpoint_manager)
         runner.run()
+        if clock is not None:
+            clock.finished()
+        return runner
+
+    def save_config(p, rec: dict) -> None:
+        header["time_budget"] = rec
+        paths.write_text(paths.join(model_dir, PIPELINE_FILE), config_yaml(p))
+        paths.write_text(paths.join(model_dir, HEADER_FILE), header_yaml(header))
+
+    def rerender(steps: int):
+        return render(args.config, args.records, r.label_map_path, sets + [f"trainer.train_steps={steps}"],
+                      check_records=False).params
+
+    t0 = time.monotonic()
+    status = EXIT_OK
+    chosen = probe_runner = None
+    try:
+        if budget_s is None:
+            fit(params)
+        else:
+            from od.model.budget import train_within_budget
+
+            params, chosen, _, probe_runner = train_within_budget(
+                budget_s, t_start, start, params, fit, rerender, save_config, evaluate=not args.no_eval)
+            total = params.trainer.train_steps
+            _budgeted = True
     except NonFiniteLoss as e:
         progress.close()
         error(f"{e}. Training stopped; the last good checkpoint is kept in {model_dir}. Check the data "
@@ -477,12 +522,17 @@ def run(args) -> int:
     finally:
         progress.close()
     wall = time.monotonic() - t0
-    summarize(model_dir, progress, evals, start, total, wall, params.trainer.best_checkpoint_eval_metric or "AP50")
+    ran = format_duration(time.monotonic() - t_start)
+    budget_rows = [] if chosen is None else [
+        ["time budget", f"{format_duration(budget_s)}: {chosen.train_steps} steps, od.train ran {ran}"]]
+    summarize(model_dir, progress, evals, start, total, wall, params.trainer.best_checkpoint_eval_metric or "AP50",
+              budget_rows)
+    del probe_runner  # held to here, out of the budget's time (see train_within_budget)
     return status
 
 
 def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, total: int, wall: float,
-              best_metric: str = "AP50") -> None:
+              best_metric: str = "AP50", extra_rows: Sequence[list] = ()) -> None:
     rows: list[list[object]] = []
     done = (progress.history[-1][0] if progress.history else start) - start
     sps = done / progress.train_seconds if progress.train_seconds else 0.0
@@ -506,12 +556,34 @@ def summarize(model_dir: str, progress: Progress, evals: EvalHook, start: int, t
             rows.append([f"val {k} @ {step}", f"{m.get(k, float('nan')):.3f}"])
         best_step, best = max(evals.results, key=lambda t: t[1].get(best_metric, -1))
         rows.append([f"best val {best_metric}", f"{best.get(best_metric, float('nan')):.3f} @ step {best_step}"])
+    rows.extend(extra_rows)
     rows.append(["model dir", model_dir])
     print_table(["od.train", "value"], rows, file=sys.stderr)
 
 
+def _check_time(ap: argparse.ArgumentParser, args) -> bool:
+    """--time parsed here, not by argparse, so a bad value is od's one error line (after the usage)."""
+    if args.time is None:
+        return True
+    problem = None
+    try:
+        args.time = duration(args.time)
+    except argparse.ArgumentTypeError as e:
+        problem = f"argument --time: {e}"
+    if args.steps is not None or any(x.partition("=")[0].strip() == "trainer.train_steps" for x in args.sets):
+        problem = ("--time chooses the number of steps itself: give --time or --steps "
+                   "(--set trainer.train_steps), not both")
+    if problem:
+        ap.print_usage(sys.stderr)
+        error(problem)
+    return problem is None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if not _check_time(ap, args):
+        return EXIT_USAGE
     quiet_tensorflow(args.verbose)
     # --quiet: od's lines go to stderr; stdout is only third-party printing (pycocotools' table at
     # every validation, from Model Garden's COCOEvaluator).
@@ -519,5 +591,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
 
 
+def exit_after_budget(rc: int) -> None:
+    """After a --time run, leave without Python's teardown of the runners' TensorFlow objects: on a
+    busy 2-core CPU it took 10-50 s (longer the longer the run), time the budget cannot measure.
+    Checkpoints, summaries (flushed by Orbit at every write), od.yaml and the streams are all written
+    by then. Only from the command line: a caller of main() keeps its interpreter."""
+    if _budgeted:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
+_budgeted = False  # set by run() once a --time run has trained
+
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    exit_after_budget(rc)
+    sys.exit(rc)
