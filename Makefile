@@ -19,6 +19,7 @@ TO ?=
 TFLITE ?=
 
 steps_flag = $(if $(STEPS),--steps $(STEPS),)
+time_flag = $(if $(TIME),--time $(TIME),)
 out_flag = $(if $(OUT),--out $(OUT),)
 
 .PHONY: help venv demo demo-classify demo-data records convert inspect train eval export detect classify test test-slow test-all bench
@@ -29,7 +30,7 @@ help:
 	@echo "make records   DATA=annotations/<set> -> $(RECORDS) + $(LABEL_MAP) + report.json"
 	@echo "make convert   DATA=<set> TO=voc|coco|yolo|csv OUT=<dir> [ARGS='--images hardlink'] -> the set in another format"
 	@echo "make inspect   check records, per-class counts, gallery"
-	@echo "make train     CONFIG=<template> [STEPS=N] -> $(MODEL_DIR)"
+	@echo "make train     CONFIG=<template> [STEPS=N | TIME=15m] -> $(MODEL_DIR)"
 	@echo "make eval      metrics.json + plots in $(MODEL_DIR)/eval"
 	@echo "make export    $(MODEL_DIR) -> $(EXPORT_DIR)"
 	@echo "make detect    IMAGES=... -> detections/"
@@ -63,7 +64,7 @@ inspect: $(STAMP)
 	$(PY) -m od.inspect $(RECORDS)/*.tfrecord --label-map $(LABEL_MAP) --gallery 16 --out $(RECORDS) --force $(ARGS)
 
 train: $(STAMP)
-	$(PY) -m od.train --config $(CONFIG) --records $(RECORDS) --label-map $(LABEL_MAP) --model-dir $(MODEL_DIR) $(steps_flag) $(ARGS)
+	$(PY) -m od.train --config $(CONFIG) --records $(RECORDS) --label-map $(LABEL_MAP) --model-dir $(MODEL_DIR) $(steps_flag) $(time_flag) $(ARGS)
 
 eval: $(STAMP)
 	$(PY) -m od.evaluate --model-dir $(MODEL_DIR) --records $(RECORDS) $(ARGS)
