@@ -25,8 +25,9 @@ from od.console import (
 )
 from od.data.formats import FORMATS
 from od.data.layout import UsageError, detect_layout
-from od.data.reformat import DEFAULT_VAL_FRACTION, IMAGE_MODES
-from od.options import add_common, add_force, fraction
+from od.data.reformat import IMAGE_MODES
+from od.data.splits import DEFAULT_VAL_FRACTION
+from od.options import add_common, add_force, add_split_fractions
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -54,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how images get into --out: copy (default); hardlink (no extra space; same files: editing "
                     "one edits the other; a copy where links cannot be made); symlink (absolute links to DATA: "
                     "od.records then needs --follow-links). Images od re-encodes are always new files")
-    ap.add_argument("--val-fraction", type=fraction(hi_open=True), default=None, metavar="F",
-                    help=f"val share when DATA gives no splits, as od.records (default {DEFAULT_VAL_FRACTION})")
-    ap.add_argument("--test-fraction", type=fraction(hi_open=True), default=0.0, metavar="F",
-                    help="test share when DATA gives no splits (default 0)")
+    add_split_fractions(ap, DEFAULT_VAL_FRACTION)
     ap.add_argument("--follow-links", action="store_true",
                     help="read files and folders that links lead to outside DATA")
     add_force(ap, "an earlier od.convert output in --out (only files listed in its .od-convert.manifest; a "

@@ -147,6 +147,16 @@ SCORE_THRESHOLD_HELP = "minimum score of a box, in [0, 1]"
 MAX_DETECTIONS_HELP = "at most N boxes per image, the highest scores"
 
 
+def add_split_fractions(parser: argparse.ArgumentParser, default_val: float) -> None:
+    """``--val-fraction`` / ``--test-fraction``: the hash split's shares where the dataset gives no
+    splits (``records``, ``convert``: one definition, so both split an image the same way)."""
+    parser.add_argument("--val-fraction", type=fraction(hi_open=True), default=None, metavar="F",
+                        help=f"val share when the dataset gives no splits (ImageSets/Main, the format's split "
+                        f"files or folders) (default {default_val})")
+    parser.add_argument("--test-fraction", type=fraction(hi_open=True), default=0.0, metavar="F",
+                        help="test share when the dataset gives no splits (default 0)")
+
+
 def add_score_threshold(parser: argparse.ArgumentParser, default: float | None, what: str) -> None:
     parser.add_argument("--score-threshold", type=fraction(), default=default, metavar="T",
                         help=f"{SCORE_THRESHOLD_HELP}; {what}")

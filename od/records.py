@@ -30,12 +30,12 @@ from od.data.plan import make_shard_tasks, plan_dataset
 from od.data.report import build_report
 from od.data.output import OutputError, commit, discard, locked, survey, temp_name
 from od.data.shards import WorkerError, run_tasks
+from od.data.splits import DEFAULT_VAL_FRACTION
 from od.io.schema import REPORT_FILE, SPLITS, SchemaError, dumps, read_report
-from od.options import add_common, add_force, fraction, positive_int, quiet_tensorflow
+from od.options import add_common, add_force, add_split_fractions, positive_int, quiet_tensorflow
 
 DEFAULT_OUT = "data/records"
 DEFAULT_LABEL_MAP = "label_maps/label_map.pbtxt"
-DEFAULT_VAL_FRACTION = 0.2
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -153,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--label-map", metavar="PATH", help=f"label map to honour or create (default {DEFAULT_LABEL_MAP})")
     ap.add_argument("--add-classes", action="store_true", help="add classes missing from an existing label map")
-    ap.add_argument("--val-fraction", type=fraction(hi_open=True), default=None, metavar="F", help=f"val share when no ImageSets (default {DEFAULT_VAL_FRACTION})")
-    ap.add_argument("--test-fraction", type=fraction(hi_open=True), default=0.0, metavar="F", help="test share when no ImageSets (default 0)")
+    add_split_fractions(ap, DEFAULT_VAL_FRACTION)
     ap.add_argument("--shards", type=positive_int, metavar="N", help="shards per split (default: ~150 MB each; one per 32 MB up to 8, so workers share a split)")
     ap.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: CPU count)")
     ap.add_argument("--skip-difficult", action="store_true", help="drop boxes marked difficult")

@@ -31,12 +31,12 @@ from od.core import DROPPED_BOX, FIXED, SKIPPED_IMAGE, Problem
 from od.data.formats import FORMATS, LabelledImage, writer
 from od.data.layout import Layout, detect_layout
 from od.data.plan import Item, Plan, plan_dataset
+from od.data.splits import DEFAULT_VAL_FRACTION
 from od.data.voc import apply_box_rules
 from od.io.files import open_regular, read_file
 
 IMAGE_MODES = ("copy", "hardlink", "symlink")
 MANIFEST = ".od-convert.manifest"  # JSON, but not named *.json: no COCO finder may take it for labels
-DEFAULT_VAL_FRACTION = 0.2  # as od.records: the same split per image when the format gives none
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 _REENCODE_NOTE = "converted to RGB JPEG"  # od.data.images' note for a PNG/BMP/grayscale image it re-encodes
 FORMAT_NAMES = {"voc": "Pascal VOC", "coco": "COCO", "yolo": "YOLO", "csv": "CSV"}
