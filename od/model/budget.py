@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from od.model.overrides import flatten, nest
 from od.options import format_duration
 
 # The probe: 3 loops, a validation, 2 loops, a validation. The first loop traces and the second is still
@@ -156,27 +157,6 @@ def probe_overrides(start: int, steps_per_loop: int, evaluate: bool) -> dict:
                         "validation_interval": 3 * steps_per_loop}}
 
 
-def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _nest(flat: Mapping[str, Any]) -> dict:
-    out: dict = {}
-    for k, v in flat.items():
-        *parents, leaf = k.split(".")
-        d = out
-        for p in parents:
-            d = d.setdefault(p, {})
-        d[leaf] = v
-    return out
-
-
 def tied_to_total(at_old: Mapping, at_new: Mapping, old_total: int, new_total: int) -> tuple[dict, list[str]]:
     """Overrides that move a config from ``old_total`` to ``new_total`` steps, and notes to print.
 
@@ -186,7 +166,7 @@ def tied_to_total(at_old: Mapping, at_new: Mapping, old_total: int, new_total: i
     schedule length written as a number instead is moved too when it equals the old total (it meant
     "the whole run"), otherwise named in a note: that schedule will not end at the new total.
     """
-    a, b = _flat(at_old), _flat(at_new)
+    a, b = flatten(at_old), flatten(at_new)
     over = {k: b[k] for k in b if a.get(k) != b[k]}
     over["trainer.train_steps"] = new_total
     notes: list[str] = []
@@ -206,7 +186,7 @@ def tied_to_total(at_old: Mapping, at_new: Mapping, old_total: int, new_total: i
     ws = b.get(f"trainer.optimizer_config.warmup.{warm}.warmup_steps") if warm else None
     if ws and ws >= new_total:
         notes.append(f"warmup_steps={ws} is not below the total {new_total}: the run ends inside the warmup")
-    return _nest(over), notes
+    return nest(over), notes
 
 
 # --------------------------------------------------------------------------- measuring
