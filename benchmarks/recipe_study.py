@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 # name -> (what it changes, --set overrides). "base" is the template as shipped when the study was made.
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "base": ("template before the study (256 px, P3-P6, lr 0.04, warm-up 100)", []),
+    "base2": ("the same as base, a second run: the run-to-run spread of training from scratch", []),
+    "lr02": ("lr 0.02 (half)", ["trainer.optimizer_config.learning_rate.cosine.initial_learning_rate=0.02"]),
     "in320": ("input 320 px", ["task.model.input_size=[320,320,3]"]),
     "in384": ("input 384 px", ["task.model.input_size=[384,384,3]"]),
     "levels37": ("FPN P3-P7, anchor size 3 (24-384 px anchors, for large objects)",
