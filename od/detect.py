@@ -30,7 +30,7 @@ from od.model.errors import ModelError
 from od.model.inference import Detector
 from od.model.source import resolve_labels, resolve_model
 from od.viz.outputs import Manifest, OutputError, OutputWriter, Result, check_out_dir
-from od.options import add_common, add_force, add_max_detections, add_score_threshold, quiet_tensorflow
+from od.options import add_common, add_force, add_max_detections, add_runtime, add_score_threshold, quiet_tensorflow
 
 
 DEFAULT_OUT = Path("detections")
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export dir (exported/<name>), its name, a SavedModel dir, or a TF Hub handle "
         "(default: the newest export under exported/)",
     )
+    add_runtime(p)
     p.add_argument("--label-map", metavar="PATH", help="label_map.pbtxt (default: the one inside the export; else numeric class ids)")
     add_score_threshold(p, 0.5, "boxes below it are not kept (default 0.5)")
     add_max_detections(p, "default: all the model returns")
@@ -126,6 +127,12 @@ def parse_class_filter(spec: str | None, id_to_name: dict[int, str]) -> set[int]
     return ids
 
 
+
+
+def _runtime_name(runtime: str, detector: Detector) -> str:
+    if runtime == "tflite":
+        return f"TFLite model.tflite ({getattr(detector, 'mode', None) or 'unknown mode'})"
+    return "TensorFlow + SavedModel"
 
 
 def _keep_key_free(images: list[InputImage], stem: str) -> list[InputImage]:
@@ -286,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         source = resolve_model(args.model)
+        runtime = source.runtime(args.runtime)
     except ModelError as e:
         error(str(e))
         return EXIT_USAGE
@@ -311,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        detector = Detector.load(source, id_to_name)
+        detector = Detector.load(source, id_to_name, runtime)
     except ModelError as e:
         error(str(e))
         return EXIT_USAGE
@@ -319,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta = {
         "model": source.ref,
+        "runtime": runtime,
         "label_map": labels_from or None,
         "score_threshold": args.score_threshold,
         "classes": sorted(id_to_name.get(i, str(i)) for i in class_ids) if class_ids else None,
@@ -332,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         error(f"cannot create output folder {out}: {e.strerror or e}")
         return EXIT_USAGE
-    print(f"od.detect: {len(images)} image(s), model {source.ref} (TensorFlow + model loaded in {load_s:.1f}s), score threshold {args.score_threshold}", file=sys.stderr)
+    print(f"od.detect: {len(images)} image(s), model {source.ref} ({_runtime_name(runtime, detector)} loaded in {load_s:.1f}s), score threshold {args.score_threshold}", file=sys.stderr)
     t1 = time.perf_counter()
     try:
         results = run(detector, images, writer, args.score_threshold, class_ids, args.max_detections,

@@ -27,7 +27,7 @@ from od.model.errors import ConfigError
 from od.model.inference import Detector
 from od.model.model_dir import EVAL_DIR
 from od.model.source import resolve_model
-from od.options import (add_common, add_force, add_gallery, add_max_detections, add_score_threshold, fraction,
+from od.options import (add_common, add_force, add_gallery, add_max_detections, add_runtime, add_score_threshold, fraction,
                         quiet_tensorflow)
 from od.viz.evaluation import GalleryItem, write_plots
 
@@ -159,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-dir", help="od model dir (runs/NAME) with pipeline.yaml and checkpoints")
     ap.add_argument("--checkpoint", help="best (default when best_ckpt/ exists), latest, or a checkpoint path")
     ap.add_argument("--model", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
+    add_runtime(ap)
     ap.add_argument("--records", help="records dir (default: the one the model was trained on), or a file/glob")
     ap.add_argument("--split", default="val", choices=("val", "test", "train"), help="which split's shards (default val)")
     ap.add_argument("--label-map", help="label map (default: the model dir's / export's label_map.pbtxt)")
@@ -175,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-_SAME_RUN = ("model_dir", "exported", "checkpoint", "split", "records")
+_SAME_RUN = ("model_dir", "exported", "runtime", "checkpoint", "split", "records")
 
 
 def _check_earlier(out_dir: Path, info: Mapping[str, Any], force: bool) -> None:
@@ -214,8 +215,10 @@ def _run(args: argparse.Namespace) -> int:
     export_dir = args.model
     params = header = None
     source = model_json = None
+    runtime = None
     if export_dir:
         source = resolve_model(export_dir)
+        runtime = source.runtime(args.runtime)
         export_dir = str(source.export_dir or source.saved_model)
         model_json = source.model_json
         if not model_dir and model_json.get("model_dir") and os.path.isdir(model_json["model_dir"]):
@@ -275,7 +278,9 @@ def _run(args: argparse.Namespace) -> int:
         note_default("records", records)
     files = split_files(records, args.split)
 
-    out_dir = Path(args.out) if args.out else Path(export_dir or model_dir) / EVAL_DIR
+    # The SavedModel and the .tflite file of one export each get their own default folder.
+    default_eval = EVAL_DIR + ("-tflite" if runtime == "tflite" else "")
+    out_dir = Path(args.out) if args.out else Path(export_dir or model_dir) / default_eval
     if not args.out:
         note_default("output dir", out_dir)
 
@@ -283,6 +288,7 @@ def _run(args: argparse.Namespace) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model_dir": model_dir,
         "exported": export_dir,
+        "runtime": runtime,
         "checkpoint": None,
         "checkpoint_choice": None,
         "step": None,
@@ -304,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
     if task == "classification":
         return _evaluate_classifier(args, source, params, info, classes, out_dir)
     if source is not None:
-        detector = Detector.load(source, classes)
+        detector = Detector.load(source, classes, runtime)
     else:
         detector = Detector.from_checkpoint(params, info["checkpoint"], classes)
     data = collect(

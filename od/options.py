@@ -167,6 +167,12 @@ def add_max_detections(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"{MAX_DETECTIONS_HELP}; {what}")
 
 
+def add_runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=("auto", "savedmodel", "tflite"), default="auto",
+                        help="which file of the export runs: auto (default) runs model.tflite when the export "
+                        "holds one, else the SavedModel")
+
+
 def add_gallery(parser: argparse.ArgumentParser, default: int, where: str) -> None:
     parser.add_argument("--gallery", type=non_negative_int, default=default, metavar="N",
                         help=f"number of images in {where} (0: no gallery; default {default})")

@@ -40,8 +40,13 @@ class Detector:
         self._unknown_warned: set[int] = set()
 
     @classmethod
-    def load(cls, source: ModelSource, id_to_name: dict[int, str]) -> "Detector":
-        """Load with TensorFlow (imported here). Raises ModelError with a clear message."""
+    def load(cls, source: ModelSource, id_to_name: dict[int, str], runtime: str = "auto") -> "Detector":
+        """Load with TensorFlow (imported here), or the export's .tflite file with the TFLite runtime
+        (``runtime``: auto picks it when the export holds one). Raises ModelError with a clear message."""
+        if source.runtime(runtime) == "tflite":
+            from od.model.tflite_runner import TFLiteDetector
+
+            return TFLiteDetector(source.tflite, source.model_json, id_to_name, source.ref)
         import tensorflow as tf
 
         if source.is_hub:
@@ -190,11 +195,11 @@ def valid_outputs(raw: dict[str, "np.ndarray"]) -> tuple["np.ndarray", "np.ndarr
     return boxes[:n], scores[:n], classes[:n]
 
 
-def load_detector(model: str | None = None, label_map: str | None = None) -> Detector:
+def load_detector(model: str | None = None, label_map: str | None = None, runtime: str = "auto") -> Detector:
     """Resolve + load a model the way the CLI does (for the benchmark and the demo pipeline)."""
     source = resolve_model(model)
     id_to_name, _ = resolve_labels(source, label_map)
-    return Detector.load(source, id_to_name)
+    return Detector.load(source, id_to_name, runtime)
 
 
 def iter_record_images(files: Sequence[str]) -> Iterator[tuple[bytes, "np.ndarray"]]:

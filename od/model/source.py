@@ -15,6 +15,8 @@ from od.io.schema import MODEL_FILE, SchemaError, model_classes, read_model_json
 from od.model.errors import ModelError
 
 DEFAULT_EXPORTS = Path("exported")
+TFLITE_FILE = "model.tflite"
+RUNTIMES = ("auto", "savedmodel", "tflite")
 _HUB_RE = re.compile(r"^(https?://|gs://|tfhub\.dev/|www\.kaggle\.com/|kaggle\.com/)", re.IGNORECASE)
 
 
@@ -27,6 +29,17 @@ class ModelSource:
     is_hub: bool = False
     export_dir: Path | None = None
     model_json: dict = field(default_factory=dict)
+    tflite: Path | None = None  # the export's model.tflite, when it has one (or the .tflite file given)
+
+    def runtime(self, choice: str = "auto") -> str:
+        """``tflite`` or ``savedmodel``: auto runs the .tflite file when the export holds one."""
+        if choice == "tflite" and self.tflite is None:
+            raise ModelError(f"--runtime tflite: {self.ref} holds no {TFLITE_FILE} (export with --tflite MODE)")
+        if choice == "savedmodel" and not self.saved_model:
+            raise ModelError(f"--runtime savedmodel: {self.ref} is a .tflite file, not a SavedModel")
+        if choice == "auto":
+            return "tflite" if self.tflite is not None else "savedmodel"
+        return choice
 
 
 def list_exports(root: Path = DEFAULT_EXPORTS) -> list[Path]:
@@ -60,6 +73,11 @@ def _read_model_json(export_dir: Path) -> dict:
         return {}
 
 
+def _tflite_in(export_dir: Path) -> Path | None:
+    f = export_dir / TFLITE_FILE
+    return f if f.is_file() else None
+
+
 def resolve_model(arg: str | None, exports_root: Path = DEFAULT_EXPORTS) -> ModelSource:
     """Find the SavedModel to load (no TensorFlow needed). Raises ModelError with the options."""
     if arg is None:
@@ -75,14 +93,23 @@ def resolve_model(arg: str | None, exports_root: Path = DEFAULT_EXPORTS) -> Mode
         p = exports_root / arg  # `--model raccoon` means exported/raccoon
     if not p.exists():
         raise ModelError(f"model {arg} not found; {_exports_hint(exports_root)}")
+    if p.is_file() and p.suffix == ".tflite":
+        parent = p.parent
+        if not (parent / MODEL_FILE).is_file():
+            raise ModelError(f"{arg}: a .tflite file needs its export's {MODEL_FILE} beside it (how to prepare its input)")
+        sm = parent / "saved_model"
+        return ModelSource(ref=str(p), saved_model=str(sm) if (sm / "saved_model.pb").is_file() else "",
+                           export_dir=parent, model_json=_read_model_json(parent), tflite=p)
     if p.is_file():
         raise ModelError(f"model {arg} is a file; pass the export folder (exported/<name>) or a SavedModel folder")
     if (p / "saved_model" / "saved_model.pb").is_file():
-        return ModelSource(ref=str(p), saved_model=str(p / "saved_model"), export_dir=p, model_json=_read_model_json(p))
+        return ModelSource(ref=str(p), saved_model=str(p / "saved_model"), export_dir=p, model_json=_read_model_json(p),
+                           tflite=_tflite_in(p))
     if (p / "saved_model.pb").is_file():
         parent = p.parent
         if p.name == "saved_model" and ((parent / "model.json").is_file() or (parent / "label_map.pbtxt").is_file()):
-            return ModelSource(ref=str(parent), saved_model=str(p), export_dir=parent, model_json=_read_model_json(parent))
+            return ModelSource(ref=str(parent), saved_model=str(p), export_dir=parent, model_json=_read_model_json(parent),
+                               tflite=_tflite_in(parent))
         return ModelSource(ref=str(p), saved_model=str(p))
     if (p / "pipeline.yaml").is_file() or any(p.glob("ckpt-*.index")):
         raise ModelError(

@@ -17,11 +17,11 @@ import numpy as np
 from od.console import warn
 from od.model.errors import ConfigError
 from od.model.serving import INPUT_NAME, build_module
+from od.model.source import TFLITE_FILE  # noqa: F401 - od.export writes it under this name
 
 TFLITE_MODES = ("float32", "float16", "int8")
 # od templates whose architecture Model Garden can export to TFLite (RetinaNet family).
-TFLITE_TEMPLATES = ("retinanet_resnet50_fpn",)
-TFLITE_FILE = "model.tflite"
+TFLITE_TEMPLATES = ("retinanet_mobilenetv2_fpn_cpu", "retinanet_resnet50_fpn")
 # Mean RGB Model Garden subtracts; a canvas padded with it is zero after normalisation,
 # exactly like Model Garden's own padding.
 PAD_RGB = (124, 116, 104)

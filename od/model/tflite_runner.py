@@ -1,0 +1,79 @@
+"""Running an od ``.tflite`` export: the same outputs as the SavedModel, so od.detect and od.evaluate
+treat both alike.
+
+The ``.tflite`` model takes a fixed uint8 canvas (:func:`od.model.tflite.tflite_canvas`: the image
+resized to fit the input keeping its aspect ratio, pasted top-left on a mean-colour canvas) and returns
+OD API outputs with boxes normalised to that canvas; :meth:`TFLiteDetector.raw` maps them back to the
+original image, so :meth:`Detector.postprocess` (thresholds, classes, pixels) is shared unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from od.model.errors import ModelError
+from od.model.inference import OUTPUT_KEYS, Detector
+from od.model.tflite import tflite_canvas
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (a container's or taskset's limit, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # TFLite's runtime, TF 2.20's recommended one
+    except ImportError:  # pragma: no cover - older environments: the interpreter inside TensorFlow
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+class TFLiteDetector(Detector):
+    """A ``model.tflite`` of an od export, called through its ``serving_default`` signature."""
+
+    def __init__(self, path: Path, model_json: dict, id_to_name: dict[int, str], ref: str, threads: int | None = None):
+        info = model_json.get("tflite") or {}
+        try:
+            self.input_size = tuple(int(v) for v in model_json["input_size"])
+            self.canvas_size = tuple(int(v) for v in model_json.get("padded_input_size") or model_json["input_size"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"{ref}: model.json has no input_size; od needs it to prepare the .tflite input") from None
+        try:
+            it = _interpreter_class()(model_path=str(path), num_threads=threads or cpu_threads())
+            runner = it.get_signature_runner("serving_default")
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"cannot load TFLite model {path}: {e}") from None
+        self.mode = info.get("mode")
+        super().__init__(runner, info.get("input") or "input_tensor", None, None, id_to_name, ref)
+
+    def raw(self, array: "np.ndarray") -> dict[str, "np.ndarray"]:
+        import numpy as np
+
+        h, w = array.shape[:2]
+        canvas, scale = tflite_canvas(array, self.input_size, self.canvas_size)
+        try:
+            out = self._fn(**{self._input_key: canvas[None]})
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"{self.ref}: TFLite model failed on a {w}x{h} image: {e}") from None
+        missing = [k for k in OUTPUT_KEYS if k not in out]
+        if missing:
+            raise ModelError(f"{self.ref}: TFLite model outputs {sorted(out)}; missing {missing}")
+        hc, wc = self.canvas_size
+        # canvas-normalised -> original-normalised: * canvas size / scale gives pixels of the original
+        to_orig = np.array([hc / (scale * h), wc / (scale * w), hc / (scale * h), wc / (scale * w)])
+        res = {k: np.asarray(out[k])[0] for k in OUTPUT_KEYS}
+        res["detection_boxes"] = np.clip(res["detection_boxes"].astype(np.float64) * to_orig, 0.0, 1.0)
+        if "num_detections" in out:
+            res["num_detections"] = np.asarray(out["num_detections"])
+        return res
