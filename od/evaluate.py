@@ -158,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--model-dir", help="od model dir (runs/NAME) with pipeline.yaml and checkpoints")
     ap.add_argument("--checkpoint", help="best (default when best_ckpt/ exists), latest, or a checkpoint path")
-    ap.add_argument("--model", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
+    ap.add_argument("--model", "--exported", dest="model",
+                    help="evaluate an exported model (exported/NAME) instead of a checkpoint")
     add_runtime(ap)
     ap.add_argument("--records", help="records dir (default: the one the model was trained on), or a file/glob")
     ap.add_argument("--split", default="val", choices=("val", "test", "train"), help="which split's shards (default val)")

@@ -182,3 +182,18 @@ def test_detect_on_tflite_draws_the_boxes_of_the_saved_model(edge_exports, mode)
     for name in sm:
         a, b = Image.open(tmp / f"det_sm_{mode}" / name), Image.open(tmp / f"det_tl_{mode}" / name)
         assert a.size == b.size
+
+
+@pytest.mark.slow
+def test_evaluate_measures_the_tflite_file_like_the_saved_model(edge_exports):
+    """od.evaluate --exported on each runtime of one float32 export: the same AP (parity), each in its own folder."""
+    tmp = edge_exports["tmp"]
+    export = Path(edge_exports["exports"]["float32"]["export_dir"])
+    got = {}
+    for rt in ("savedmodel", "tflite"):
+        _od("evaluate", "--exported", str(export), "--runtime", rt, "--records", str(tmp / "records"), "--no-plots",
+            "--quiet")
+        got[rt] = json.loads((export / ("eval-tflite" if rt == "tflite" else "eval") / "metrics.json").read_text())
+        assert got[rt]["runtime"] == rt
+    for k in ("AP", "AP50", "AP75"):
+        assert abs(got["tflite"][k] - got["savedmodel"][k]) <= 0.01, (k, got["tflite"][k], got["savedmodel"][k])
