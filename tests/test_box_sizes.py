@@ -186,7 +186,8 @@ def test_records_writes_box_sizes_and_prints_them(tmp_path, capsys):
     bs = rep["box_sizes"]
     assert bs["all"]["count"] == 13 == rep["summary"]["boxes"]
     assert bs["all"]["width"]["min"] == 10.0  # the clipped box, as stored, not as labelled (40 px)
-    assert set(bs["templates"]) == {"faster_rcnn_resnet18_fpn_cpu", "faster_rcnn_resnet50_fpn", "retinanet_resnet50_fpn"}
+    assert set(bs["templates"]) == {"faster_rcnn_resnet18_fpn_cpu", "faster_rcnn_resnet50_fpn", "retinanet_resnet50_fpn",
+                                    "retinanet_mobilenetv2_fpn_cpu"}
     assert bs["templates"][CPU] == [256, 256]
     # 12 boxes of <= 20 px in 640 px images -> <= 8 px at 256; the clipped one: 100x50 -> 256x128, 36 px
     assert bs["all"]["at_templates"][CPU]["under_16"] == bs["all"]["at_templates"][CPU]["under_32"] == round(12 / 13, 4)
