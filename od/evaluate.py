@@ -158,8 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--model-dir", help="od model dir (runs/NAME) with pipeline.yaml and checkpoints")
     ap.add_argument("--checkpoint", help="best (default when best_ckpt/ exists), latest, or a checkpoint path")
-    ap.add_argument("--model", "--exported", dest="model",
-                    help="evaluate an exported model (exported/NAME) instead of a checkpoint")
+    ap.add_argument("--model", help="evaluate an exported model (exported/NAME) instead of a checkpoint")
     add_runtime(ap)
     ap.add_argument("--records", help="records dir (default: the one the model was trained on), or a file/glob")
     ap.add_argument("--split", default="val", choices=("val", "test", "train"), help="which split's shards (default val)")
@@ -191,7 +190,7 @@ def _check_earlier(out_dir: Path, info: Mapping[str, Any], force: bool) -> None:
                               "it, or --out DIR") from None
     if not earlier:
         return
-    if all(earlier.get(k) == info[k] for k in _SAME_RUN):
+    if all(earlier.get(k) == info.get(k) for k in _SAME_RUN):
         print(f"od: refreshing the earlier evaluation of the same model and records in {out_dir}", file=sys.stderr)
         return
     was = earlier.get("exported") or f"{earlier.get('checkpoint')} (step {earlier.get('step')})"

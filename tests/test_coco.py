@@ -385,7 +385,7 @@ def fake_model(tmp_path, monkeypatch) -> Path:
     (exp / "saved_model" / "saved_model.pb").write_bytes(b"")
     (exp / "label_map.pbtxt").write_text("item {\n  id: 1\n  name: 'cat'\n}\nitem {\n  id: 2\n  name: 'bird'\n}\n"
                                          "item {\n  id: 3\n  name: 'dog'\n}\n")
-    monkeypatch.setattr(detect.Detector, "load", classmethod(lambda cls, source, names: FakeDetector()))
+    monkeypatch.setattr(detect.Detector, "load", classmethod(lambda cls, source, names, runtime="auto": FakeDetector()))
     return exp
 
 

@@ -50,7 +50,7 @@ def model(tmp_path) -> Path:
 @pytest.fixture
 def fake(monkeypatch) -> FakeDetector:
     det = FakeDetector()
-    monkeypatch.setattr(detect.Detector, "load", classmethod(lambda cls, source, names: det))
+    monkeypatch.setattr(detect.Detector, "load", classmethod(lambda cls, source, names, runtime="auto": det))
     return det
 
 
@@ -174,7 +174,7 @@ def test_out_that_is_a_file_or_not_writable_is_a_usage_error(tmp_path, model, mo
     blocker = tmp_path / "out.jpg"
     blocker.write_bytes(b"x")
 
-    def no_load(cls, source, names):
+    def no_load(cls, source, names, runtime="auto"):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(detect.Detector, "load", classmethod(no_load))

@@ -186,12 +186,12 @@ def test_detect_on_tflite_draws_the_boxes_of_the_saved_model(edge_exports, mode)
 
 @pytest.mark.slow
 def test_evaluate_measures_the_tflite_file_like_the_saved_model(edge_exports):
-    """od.evaluate --exported on each runtime of one float32 export: the same AP (parity), each in its own folder."""
+    """od.evaluate --model on each runtime of one float32 export: the same AP (parity), each in its own folder."""
     tmp = edge_exports["tmp"]
     export = Path(edge_exports["exports"]["float32"]["export_dir"])
     got = {}
     for rt in ("savedmodel", "tflite"):
-        _od("evaluate", "--exported", str(export), "--runtime", rt, "--records", str(tmp / "records"), "--no-plots",
+        _od("evaluate", "--model", str(export), "--runtime", rt, "--records", str(tmp / "records"), "--no-plots",
             "--quiet")
         got[rt] = json.loads((export / ("eval-tflite" if rt == "tflite" else "eval") / "metrics.json").read_text())
         assert got[rt]["runtime"] == rt
