@@ -1,9 +1,11 @@
 """The edge template (RetinaNet MobileNetV2) trains, exports to every TFLite variant, and od.detect runs the
 .tflite file with the same outputs as the SavedModel.
 
-Tolerances (measured on this fixture's 6 generated images, the top 10 boxes of each): float32 matches the
-SavedModel to 1e-3 in score and < 0.5 px in box corners; float16 to 0.01 and 1 px; int8, calibrated on
-the records, keeps the same boxes at IoU >= 0.7 with scores within 0.15 (see INT8_* below).
+Tolerances, measured on the trained fixture below (8 demo images, boxes >= 0.3, top 10 each; every one of
+the SavedModel's 29 boxes found): float32 scores within 0.013 of the SavedModel's, box corners within 0.45
+px, IoU >= 0.985 (not bit-exact: od resizes the TFLite canvas on the host with PIL, the SavedModel in the
+graph); float16 the same (0.013, 0.44 px, 0.985); int8, calibrated on the records, 0.038, 2.1 px, IoU >=
+0.87. The asserted TOLERANCE leaves about 2-3x of margin, for an unseeded training run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -23,7 +24,8 @@ PY = sys.executable
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 EDGE = "retinanet_mobilenetv2_fpn_cpu"
 # float32 / float16 / int8 against the SavedModel: (score tolerance, box tolerance in px, minimum IoU)
-TOLERANCE = {"float32": (1e-3, 0.5, 0.99), "float16": (0.01, 1.0, 0.97), "int8": (0.15, 12.0, 0.7)}
+TOLERANCE = {"float32": (0.03, 1.0, 0.97), "float16": (0.03, 1.0, 0.97), "int8": (0.1, 6.0, 0.75)}
+MATCHED = 0.85  # share of SavedModel boxes the TFLite file must find (a box near 0.3 may cross it)
 
 
 def _od(step: str, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -78,64 +80,62 @@ def test_a_tflite_file_without_its_model_json_is_named(tmp_path):
 
 # --------------------------------------------------------------------------- train, export, detect (slow)
 
-
-def _sharpen(model_dir: Path) -> None:
-    """Save a checkpoint whose classifier gives confident, distinct scores (ten steps from scratch sit at the
-    0.01 prior, below every threshold), so the runtimes have real boxes to agree on."""
-    import tensorflow as tf
-    from official.core import task_factory
-
-    from od.model.model_dir import load_model_dir
-
-    params, _ = load_model_dir(model_dir)
-    model = task_factory.get_task(params.task).build_model()
-    step = tf.Variable(0, dtype=tf.int64)
-    ckpt = tf.train.Checkpoint(model=model, global_step=step)
-    ckpt.read(tf.train.latest_checkpoint(str(model_dir))).expect_partial()
-    clf = model.head._classifier  # noqa: SLF001
-    rng = np.random.default_rng(0)
-    ws = clf.get_weights()
-    clf.set_weights([rng.normal(0.0, 1.0, w.shape).astype(np.float32) for w in ws[:-1]] + [np.full_like(ws[-1], -4.0)])
-    step.assign(step + 1)
-    tf.train.CheckpointManager(ckpt, str(model_dir), max_to_keep=3).save(checkpoint_number=int(step.numpy()))
+# One training run serves every slow test here: the learning run of test_learning (120 seeded demo images,
+# 300 steps from scratch, unseeded: see train_and_evaluate), then its exports. A trained model gives distinct,
+# confident scores, so the runtimes are compared on real detections rather than on near-ties.
+# Edge learning, measured (1 core, ~470 s): healthy val AP50 0.472 (circle 0.181, square 0.689, triangle
+# 0.547); train labels shifted by one class 0.367 (circle 0.119, square 0.726, triangle 0.254: the shift swaps
+# circle and triangle and leaves square as it is). So the floor is on AP50 overall and on the two swapped
+# classes, where wrong labels show. By hand: PYTHONPATH=$PWD python tests/test_learning.py healthy|shifted edge
+EDGE_FLOOR, EDGE_SWAPPED_FLOOR = 0.38, 0.28
 
 
 @pytest.fixture(scope="module")
-def edge_exports(tmp_path_factory) -> dict:
+def edge_run(tmp_path_factory) -> dict:
     from od import export as odx
+    from test_learning import EDGE_STEPS, make_records, train_and_evaluate
 
     tmp = tmp_path_factory.mktemp("edge")
-    _od("demo", "--out", str(tmp / "voc"), "--num-images", "24", "--seed", "0")
-    _od("records", str(tmp / "voc"), "--out", str(tmp / "records"), "--label-map", str(tmp / "lm.pbtxt"), "--quiet")
-    md = tmp / "run"
-    _od("train", "--config", EDGE, "--records", str(tmp / "records"), "--model-dir", str(md), "--steps", "10",
-        "--no-eval", "--quiet", "--set", "trainer.steps_per_loop=5", "--set", "trainer.checkpoint_interval=10")
-    _sharpen(md)
+    records = make_records(tmp)
+    metrics = train_and_evaluate(tmp, records, config=EDGE, steps=EDGE_STEPS)
     exports = {}
     for mode in ("float32", "float16", "int8"):
-        info = odx.export_model(md, tmp / f"exp_{mode}", checkpoint="latest", tflite=mode,
-                                calibration_records=str(tmp / "records"), calibration_images=16)
-        exports[mode] = info
-    return {"tmp": tmp, "exports": exports, "images": sorted((tmp / "voc").rglob("*.jpg"))[:6]}
+        exports[mode] = odx.export_model(tmp / "run", tmp / f"exp_{mode}", checkpoint="latest", tflite=mode,
+                                         calibration_records=str(records), calibration_images=16)
+    return {"tmp": tmp, "records": records, "metrics": metrics, "exports": exports,
+            "images": sorted((tmp / "voc").rglob("*.jpg"))[:8]}
 
 
 @pytest.mark.slow
-def test_edge_template_trains_and_exports_every_tflite_variant(edge_exports):
+def test_edge_template_from_scratch_reaches_the_val_ap50_floor(edge_run):
+    metrics = edge_run["metrics"]
+    per = {c["name"]: c["AP50"] for c in metrics["per_class"]}
+    assert metrics["AP50"] >= EDGE_FLOOR, per
+    assert (per["circle"] + per["triangle"]) / 2 >= EDGE_SWAPPED_FLOOR, per
+
+
+@pytest.mark.slow
+def test_edge_template_exports_every_tflite_variant(edge_run):
     sizes = {}
-    for mode, info in edge_exports["exports"].items():
+    for mode, info in edge_run["exports"].items():
         d = Path(info["export_dir"])
         assert info["architecture"] == "retinanet" and info["template"] == EDGE
         assert info["tflite"]["mode"] == mode and (d / "saved_model" / "saved_model.pb").is_file()
         sizes[mode] = (d / "model.tflite").stat().st_size
         assert json.loads((d / "model.json").read_text())["tflite"]["mode"] == mode
-    assert edge_exports["exports"]["int8"]["tflite"]["calibration_images"] == 16
+    assert edge_run["exports"]["int8"]["tflite"]["calibration_images"] == 16
     # float16 weights are half of float32's; int8 smaller still
     assert sizes["int8"] < sizes["float16"] < sizes["float32"], sizes
 
 
 def _detect(images, export: Path, runtime: str, out: Path) -> dict[str, list[dict]]:
-    _od("detect", *map(str, images), "--model", str(export), "--runtime", runtime, "--out", str(out), "--save-json",
-        "--score-threshold", "0.3", "--max-detections", "10", "--quiet")
+    """od.detect in this process (TensorFlow is loaded already: saves its import per call)."""
+    from od import detect
+
+    argv = [*map(str, images), "--model", str(export), "--runtime", runtime, "--out", str(out), "--save-json",
+            "--score-threshold", "0.3", "--max-detections", "10", "--quiet"]
+    if not out.exists():
+        assert detect.main(argv) == 0
     data = json.loads((out / "detections.json").read_text())
     return {Path(i["image"]).name: i["detections"] for i in data["images"]}
 
@@ -155,13 +155,14 @@ def _xyxy(d: dict) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["float32", "float16", "int8"])
-def test_detect_on_tflite_draws_the_boxes_of_the_saved_model(edge_exports, mode):
-    tmp, images = edge_exports["tmp"], edge_exports["images"]
-    export = Path(edge_exports["exports"][mode]["export_dir"])
-    sm = _detect(images, export, "savedmodel", tmp / f"det_sm_{mode}")
+def test_detect_on_tflite_draws_the_boxes_of_the_saved_model(edge_run, mode):
+    tmp, images = edge_run["tmp"], edge_run["images"]
+    export = Path(edge_run["exports"][mode]["export_dir"])
+    # the three exports hold the same checkpoint, so one SavedModel run is the reference for all of them
+    sm = _detect(images, Path(edge_run["exports"]["float32"]["export_dir"]), "savedmodel", tmp / "det_sm")
     tl = _detect(images, export, "tflite", tmp / f"det_tl_{mode}")
     score_tol, px_tol, min_iou = TOLERANCE[mode]
-    assert sum(map(len, sm.values())) >= 6, "the sharpened model should detect something"
+    assert sum(map(len, sm.values())) >= 8, "the trained model should detect something"
     matched = total = 0
     worst_px = worst_score = 0.0
     for name, dets in sm.items():
@@ -176,19 +177,19 @@ def test_detect_on_tflite_draws_the_boxes_of_the_saved_model(edge_exports, mode)
             worst_score = max(worst_score, abs(best["score"] - d["score"]))
     print(f"{mode}: {matched}/{total} matched, worst corner {worst_px:.2f} px, worst score {worst_score:.4f}")
     # boxes near the 0.3 threshold or the top-10 cut may differ; the rest must match
-    assert matched >= 0.8 * total, (matched, total)
+    assert matched >= MATCHED * total, (matched, total)
     assert worst_px <= px_tol
     # the drawn images are written for both runtimes, at the original size
     for name in sm:
-        a, b = Image.open(tmp / f"det_sm_{mode}" / name), Image.open(tmp / f"det_tl_{mode}" / name)
+        a, b = Image.open(tmp / "det_sm" / name), Image.open(tmp / f"det_tl_{mode}" / name)
         assert a.size == b.size
 
 
 @pytest.mark.slow
-def test_evaluate_measures_the_tflite_file_like_the_saved_model(edge_exports):
+def test_evaluate_measures_the_tflite_file_like_the_saved_model(edge_run):
     """od.evaluate --model on each runtime of one float32 export: the same AP (parity), each in its own folder."""
-    tmp = edge_exports["tmp"]
-    export = Path(edge_exports["exports"]["float32"]["export_dir"])
+    tmp = edge_run["tmp"]
+    export = Path(edge_run["exports"]["float32"]["export_dir"])
     got = {}
     for rt in ("savedmodel", "tflite"):
         _od("evaluate", "--model", str(export), "--runtime", rt, "--records", str(tmp / "records"), "--no-plots",
@@ -197,3 +198,23 @@ def test_evaluate_measures_the_tflite_file_like_the_saved_model(edge_exports):
         assert got[rt]["runtime"] == rt
     for k in ("AP", "AP50", "AP75"):
         assert abs(got["tflite"][k] - got["savedmodel"][k]) <= 0.01, (k, got["tflite"][k], got["savedmodel"][k])
+
+
+@pytest.mark.slow
+def test_tflite_finds_every_class_whatever_the_thread_count(edge_run):
+    """LiteRT's per-class NMS kernel drops class index T on T threads when there are more classes (od then
+    runs the interpreter on one thread): asking for 2 threads with 3 classes must still find every class."""
+    import numpy as np
+
+    from od.model.tflite_runner import TFLiteDetector
+
+    export = Path(edge_run["exports"]["float32"]["export_dir"])
+    info = json.loads((export / "model.json").read_text())
+    names = {c["id"]: c["name"] for c in info["classes"]}
+    found = {}
+    for threads in (1, 2):
+        det = TFLiteDetector(export / "model.tflite", info, names, str(export), threads=threads)
+        found[threads] = [sorted((d.class_id, round(d.score, 4)) for d in det.detect(np.asarray(Image.open(p)), 0.1))
+                          for p in edge_run["images"]]
+    assert {c for img in found[1] for c, _ in img} == {1, 2, 3}
+    assert found[2] == found[1]
