@@ -64,12 +64,35 @@ class HostResized:
         return self.d.postprocess(self.d.raw(small), w, h, score_threshold)
 
 
+class FixedCanvas:
+    """The SavedModel fed one fixed shape: the image resized and pasted on the model's padded canvas on the
+    host (as the .tflite input is made), boxes mapped back to the original image."""
+
+    def __init__(self, detector, info):
+        self.d, self.size = detector, info["input_size"]
+        self.canvas = info.get("padded_input_size") or info["input_size"]
+
+    def detect(self, image, score_threshold=0.5):
+        import numpy as np
+
+        from od.model.tflite import tflite_canvas
+
+        h, w = image.shape[:2]
+        canvas, scale = tflite_canvas(image, self.size, self.canvas)
+        raw = self.d.raw(canvas)
+        hc, wc = self.canvas
+        to_orig = np.array([hc / (scale * h), wc / (scale * w), hc / (scale * h), wc / (scale * w)])
+        raw["detection_boxes"] = np.clip(np.asarray(raw["detection_boxes"], np.float64) * to_orig, 0.0, 1.0)
+        return self.d.postprocess(raw, w, h, score_threshold)
+
+
 def _load(path: str, rt: str):
     from od.model.inference import load_detector
 
-    if rt == "savedmodel+hostresize":
+    if rt in ("savedmodel+hostresize", "savedmodel+canvas"):
         info = json.loads(Path(path, "model.json").read_text())
-        return HostResized(load_detector(path, runtime="savedmodel"), info["input_size"])
+        sm = load_detector(path, runtime="savedmodel")
+        return HostResized(sm, info["input_size"]) if rt == "savedmodel+hostresize" else FixedCanvas(sm, info)
     return load_detector(path, runtime=rt)
 
 
@@ -106,8 +129,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", required=True, help="records folder; its val split is used")
     ap.add_argument("--model", action="append", required=True, metavar="NAME=EXPORT:RUNTIME",
-                    help="a model to compare (runtime savedmodel, tflite, or savedmodel+hostresize: the image shrunk "
-                    "to the model's input on the host first); the first is the reference")
+                    help="a model to compare (runtime savedmodel, tflite, savedmodel+hostresize: the image shrunk "
+                    "to the model's input on the host first, or savedmodel+canvas: one fixed input shape, the "
+                    "padded canvas made on the host); the first is the reference")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="at most N val images")

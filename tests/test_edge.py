@@ -78,6 +78,14 @@ def test_a_tflite_file_without_its_model_json_is_named(tmp_path):
     assert p.returncode == 2 and "model.json" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_interpreter_threads_dodge_the_nms_kernel_bug():
+    """More classes than threads: one thread (the slow test below shows the kernel losing a class)."""
+    from od.model.tflite_runner import nms_safe_threads
+
+    assert nms_safe_threads(2, 1) == 2 and nms_safe_threads(2, 2) == 2 and nms_safe_threads(4, 3) == 4
+    assert nms_safe_threads(2, 3) == 1 and nms_safe_threads(8, 20) == 1 and nms_safe_threads(1, 5) == 1
+
+
 # --------------------------------------------------------------------------- train, export, detect (slow)
 
 # One training run serves every slow test here: the learning run of test_learning (120 seeded demo images,
