@@ -45,6 +45,11 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "cascade": ("Cascade R-CNN: second box stage at IoU 0.7", [
         "task.model.detection_head.class_agnostic_bbox_pred=true",
         "task.model.roi_sampler.cascade_iou_thresholds=[0.7]"]),
+    "cascade2": ("the same as cascade, a second run", [
+        "task.model.detection_head.class_agnostic_bbox_pred=true",
+        "task.model.roi_sampler.cascade_iou_thresholds=[0.7]"]),
+    "huber01": ("box loss closer to L1: Huber delta 0.1 in the second stage (was 1.0)", [
+        "task.losses.frcnn_huber_loss_delta=0.1"]),
     "scale52": ("scale jitter 0.5-2.0 (was 0.8-1.25)", [
         "task.train_data.parser.aug_scale_min=0.5", "task.train_data.parser.aug_scale_max=2.0"]),
     "randaug": ("RandAugment (2 ops, magnitude 5) on top of flip + scale jitter", [
