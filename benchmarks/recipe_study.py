@@ -50,6 +50,8 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
         "task.model.roi_sampler.cascade_iou_thresholds=[0.7]"]),
     "huber01": ("box loss closer to L1: Huber delta 0.1 in the second stage (was 1.0)", [
         "task.losses.frcnn_huber_loss_delta=0.1"]),
+    "base4": ("the same as base, a fourth run (beside huber01b)", []),
+    "huber01b": ("the same as huber01, a second run (beside base4)", ["task.losses.frcnn_huber_loss_delta=0.1"]),
     "scale52": ("scale jitter 0.5-2.0 (was 0.8-1.25)", [
         "task.train_data.parser.aug_scale_min=0.5", "task.train_data.parser.aug_scale_max=2.0"]),
     "randaug": ("RandAugment (2 ops, magnitude 5) on top of flip + scale jitter", [
