@@ -501,7 +501,9 @@ def run(args) -> int:
         paths.write_text(paths.join(model_dir, HEADER_FILE), header_yaml(header))
 
     def rerender(steps: int):
-        return render(args.config, args.records, r.label_map_path, sets + [f"trainer.train_steps={steps}"],
+        # the label map as the first render found it: --label-map, or else report.json's classes (a file it
+        # names outside --records is never opened, and may not exist from here)
+        return render(args.config, args.records, args.label_map, sets + [f"trainer.train_steps={steps}"],
                       check_records=False).params
 
     t0 = time.monotonic()

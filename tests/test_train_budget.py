@@ -399,6 +399,26 @@ def _train_in_process(capsys, *argv) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def test_a_budget_with_the_label_map_outside_the_records_is_trained(shapes, tmp_path, capsys):
+    """As `make records` writes them: report.json names label_maps/label_map.pbtxt, outside --records and
+    relative to where od.records ran. The budget's re-render must use the classes as the first render did
+    (it once read the named file from od.train's folder: a traceback when it was not there)."""
+    d = tmp_path / "proj"
+    (d / "lm").mkdir(parents=True)
+    p = subprocess.run([PY, "-m", "od.records", str(shapes / "img"), "--out", "rec", "--label-map",
+                        "lm/label_map.pbtxt", "--quiet", "--workers", "1"], cwd=d, env=ENV, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((d / "rec" / "report.json").read_text())["label_map"] == "lm/label_map.pbtxt"
+    md = tmp_path / "run"
+    rc, err = _train_in_process(capsys, "--config", TEMPLATE, "--records", d / "rec", "--model-dir", md,
+                                "--time", "20s", "--no-eval", "--quiet", *TINY)
+    assert rc == 0, err
+    assert "od: time budget 20s: measured" in err and "Traceback" not in err
+    total = yaml.safe_load((md / "od.yaml").read_text())["time_budget"]["train_steps"]
+    assert (md / f"ckpt-{total}.index").is_file()
+
+
 def test_time_on_a_dir_trained_without_it_is_refused(tiny_run, shapes, capsys):
     before = (tiny_run / "od.yaml").read_text()
     rc, err = _train_in_process(capsys, "--config", TEMPLATE, "--records", shapes / "rec", "--model-dir", tiny_run,
