@@ -73,16 +73,12 @@ class FixedCanvas:
         self.canvas = info.get("padded_input_size") or info["input_size"]
 
     def detect(self, image, score_threshold=0.5):
-        import numpy as np
-
-        from od.model.tflite import tflite_canvas
+        from od.model.tflite import canvas_boxes_to_original, tflite_canvas
 
         h, w = image.shape[:2]
         canvas, scale = tflite_canvas(image, self.size, self.canvas)
         raw = self.d.raw(canvas)
-        hc, wc = self.canvas
-        to_orig = np.array([hc / (scale * h), wc / (scale * w), hc / (scale * h), wc / (scale * w)])
-        raw["detection_boxes"] = np.clip(np.asarray(raw["detection_boxes"], np.float64) * to_orig, 0.0, 1.0)
+        raw["detection_boxes"] = canvas_boxes_to_original(raw["detection_boxes"], scale, self.canvas, h, w)
         return self.d.postprocess(raw, w, h, score_threshold)
 
 

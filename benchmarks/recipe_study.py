@@ -45,13 +45,8 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "cascade": ("Cascade R-CNN: second box stage at IoU 0.7", [
         "task.model.detection_head.class_agnostic_bbox_pred=true",
         "task.model.roi_sampler.cascade_iou_thresholds=[0.7]"]),
-    "cascade2": ("the same as cascade, a second run", [
-        "task.model.detection_head.class_agnostic_bbox_pred=true",
-        "task.model.roi_sampler.cascade_iou_thresholds=[0.7]"]),
     "huber01": ("box loss closer to L1: Huber delta 0.1 in the second stage (was 1.0)", [
         "task.losses.frcnn_huber_loss_delta=0.1"]),
-    "base4": ("the same as base, a fourth run (beside huber01b)", []),
-    "huber01b": ("the same as huber01, a second run (beside base4)", ["task.losses.frcnn_huber_loss_delta=0.1"]),
     "scale52": ("scale jitter 0.5-2.0 (was 0.8-1.25)", [
         "task.train_data.parser.aug_scale_min=0.5", "task.train_data.parser.aug_scale_max=2.0"]),
     "randaug": ("RandAugment (2 ops, magnitude 5) on top of flip + scale jitter", [
@@ -59,6 +54,11 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "ema": ("EMA of the weights (decay 0.99, dynamic)", [
         "trainer.optimizer_config.ema={average_decay: 0.99, dynamic_decay: true}"]),
 }
+# Reruns of a setting (the run-to-run spread): the same overrides under another name.
+for _rerun, _of, _what in (("cascade2", "cascade", "the same as cascade, a second run"),
+                           ("base4", "base", "the same as base, a fourth run (beside huber01b)"),
+                           ("huber01b", "huber01", "the same as huber01, a second run (beside base4)")):
+    SETTINGS[_rerun] = (_what, SETTINGS[_of][1])
 
 
 def run_one(name: str, overrides: list[str], args) -> dict:

@@ -92,8 +92,9 @@ def test_interpreter_threads_dodge_the_nms_kernel_bug():
 # 300 steps from scratch, unseeded: see train_and_evaluate), then its exports. A trained model gives distinct,
 # confident scores, so the runtimes are compared on real detections rather than on near-ties.
 # Edge learning, measured (1 core, ~470 s): healthy val AP50 0.472 (circle 0.181, square 0.689, triangle
-# 0.547; another run on 2 cores: 0.514, circle 0.228, square 0.658, triangle 0.656); train labels shifted by one class 0.367 (circle 0.119, square 0.726, triangle 0.254: the shift swaps
-# circle and triangle and leaves square as it is). So the floor is on AP50 overall and on the two swapped
+# 0.547; another run on 2 cores: 0.514, circle 0.228, square 0.658, triangle 0.656); train labels shifted by
+# one class 0.367 (circle 0.119, square 0.726, triangle 0.254: the shift swaps circle and triangle and leaves
+# square as it is). So the floor is on AP50 overall and on the two swapped
 # classes, where wrong labels show. By hand: PYTHONPATH=$PWD python tests/test_learning.py healthy|shifted edge
 EDGE_FLOOR, EDGE_SWAPPED_FLOOR = 0.38, 0.28
 

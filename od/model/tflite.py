@@ -49,6 +49,14 @@ def tflite_canvas(image: np.ndarray, input_size: Sequence[int], canvas_size: Seq
     return canvas, scale
 
 
+
+def canvas_boxes_to_original(boxes: np.ndarray, scale: float, canvas_size: Sequence[int], height: int,
+                             width: int) -> np.ndarray:
+    """Normalised yxyx boxes on a :func:`tflite_canvas` -> normalised to the ``height`` x ``width`` original."""
+    hc, wc = canvas_size
+    sy, sx = hc / (scale * height), wc / (scale * width)
+    return np.clip(np.asarray(boxes, np.float64) * np.array([sy, sx, sy, sx]), 0.0, 1.0)
+
 def calibration_files(spec: str) -> list[str]:
     """The train shards of a records folder (or a file / glob) for int8 calibration."""
     from od.io.schema import SchemaError, split_files

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from od.model.errors import ModelError
 from od.model.inference import OUTPUT_KEYS, Detector
-from od.model.tflite import tflite_canvas
+from od.model.tflite import canvas_boxes_to_original, tflite_canvas
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,11 +83,8 @@ class TFLiteDetector(Detector):
         missing = [k for k in OUTPUT_KEYS if k not in out]
         if missing:
             raise ModelError(f"{self.ref}: TFLite model outputs {sorted(out)}; missing {missing}")
-        hc, wc = self.canvas_size
-        # canvas-normalised -> original-normalised: * canvas size / scale gives pixels of the original
-        to_orig = np.array([hc / (scale * h), wc / (scale * w), hc / (scale * h), wc / (scale * w)])
         res = {k: np.asarray(out[k])[0] for k in OUTPUT_KEYS}
-        res["detection_boxes"] = np.clip(res["detection_boxes"].astype(np.float64) * to_orig, 0.0, 1.0)
+        res["detection_boxes"] = canvas_boxes_to_original(res["detection_boxes"], scale, self.canvas_size, h, w)
         if "num_detections" in out:
             res["num_detections"] = np.asarray(out["num_detections"])
         return res
